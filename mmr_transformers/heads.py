@@ -1,0 +1,136 @@
+"""Find a classifier's last linear layer and capture its input ``phi`` with a forward hook.
+
+Works for Hugging Face sequence classifiers (BERT, RoBERTa's ``classifier.out_proj``, DistilBERT,
+ALBERT, ELECTRA, DeBERTa-v2, ModernBERT, GPT-2-style ``score`` heads that score every token and pool
+one) and torchvision classifiers (ResNet ``fc``, VGG/MobileNet ``classifier[-1]``). The rule: the last
+registered ``nn.Linear`` whose ``out_features`` equals ``num_labels`` (or, when the model does not say
+how many labels it has, the last ``nn.Linear``). Name the module to override the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP, DataParallel
+        model = model.module
+    return model
+
+
+def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+@dataclass
+class FeatureCapture:
+    """What the classifier saw (``inputs``) and produced (``outputs``) in the last forward pass."""
+
+    module_name: str
+    inputs: torch.Tensor | None = None
+    outputs: torch.Tensor | None = None
+
+    def features_for(self, logits: torch.Tensor) -> torch.Tensor:
+        """``phi`` per row of ``logits``: the captured input, or for a head that scores every token
+        (GPT-2's ``score``), the input at the token whose scores became the sample's logits."""
+        if self.inputs is None:
+            raise RuntimeError(
+                f"the classifier {self.module_name!r} did not run in this forward pass, so its input could "
+                "not be captured; pass classifier_module naming the layer that produces the logits."
+            )
+        outputs = self.outputs.to(logits.dtype)
+        if outputs.shape == logits.shape:
+            if outputs is logits or torch.equal(outputs, logits):
+                return self.inputs
+        elif outputs.ndim == 3 and outputs.shape[0] == logits.shape[0] and outputs.shape[2] == logits.shape[1]:
+            matches = (outputs == logits[:, None, :]).all(dim=2)
+            if matches.any(dim=1).all():
+                position = matches.int().argmax(dim=1)
+                return self.inputs[torch.arange(logits.shape[0], device=logits.device), position]
+        raise ValueError(
+            f"the output of {self.module_name!r} (shape {tuple(self.outputs.shape)}) is not the model's logits "
+            f"(shape {tuple(logits.shape)}): margins need the last linear layer, whose output the model returns "
+            "unchanged. Pass classifier_module naming that layer."
+        )
+
+
+@dataclass
+class ClassifierHead:
+    """The last linear layer ``s = W·phi + b`` of a classifier."""
+
+    name: str
+    linear: nn.Linear
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def num_classes(self) -> int:
+        return self.linear.out_features
+
+    @contextmanager
+    def capture(self) -> Iterator[FeatureCapture]:
+        """Record the layer's input and output for the forward passes run inside the block."""
+        record = FeatureCapture(self.name)
+
+        def hook(module, args, output):
+            record.inputs, record.outputs = args[0], output
+
+        handle = self.linear.register_forward_hook(hook)
+        try:
+            yield record
+        finally:
+            handle.remove()
+
+
+def find_classifier(model: nn.Module, module_name: str | None = None, num_labels: int | None = None) -> ClassifierHead:
+    """Locate the last linear layer of ``model``; ``module_name`` (e.g. ``"classifier.out_proj"``) overrides."""
+    model = _unwrap(model)
+    if module_name:
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            module = None
+        if not isinstance(module, nn.Linear):
+            found = "no such module" if module is None else f"a {type(module).__name__}, not an nn.Linear"
+            raise ValueError(
+                f"classifier_module={module_name!r} is {found} in {type(model).__name__}. Linear layers "
+                f"of this model: {[name for name, _ in _linear_layers(model)][-8:]} (last 8)."
+            )
+        return ClassifierHead(module_name, module)
+
+    config = getattr(model, "config", None)
+    if num_labels is None and config is not None:
+        num_labels = getattr(config, "num_labels", None)
+    linears = _linear_layers(model)
+    candidates = [(n, m) for n, m in linears if num_labels is None or m.out_features == num_labels]
+    if not candidates:
+        raise ValueError(
+            f"could not find the classifier of {type(model).__name__}: no nn.Linear layer with out_features == "
+            f"num_labels ({num_labels}). Linear layers found: {[(n, m.out_features) for n, m in linears][-8:]} "
+            "(last 8). Pass classifier_module='<name>' naming the last linear layer, the one producing the logits."
+        )
+    return ClassifierHead(*candidates[-1])
+
+
+def check_classification_head(model: nn.Module, head: ClassifierHead, method: str) -> None:
+    """Refuse heads that margins make no sense for: regression (one output) or multi-label."""
+    config = getattr(_unwrap(model), "config", None)
+    problem_type = getattr(config, "problem_type", None)
+    if head.num_classes < 2 or problem_type == "regression":
+        raise ValueError(
+            f"{method} needs a single-label classification head with at least 2 classes, but "
+            f"{head.name!r} has {head.num_classes} output(s) (problem_type={problem_type!r}): this is a regression "
+            "head. Train regression tasks (e.g. STS-B) with mmr_alpha=0 and selection='none', or with a plain Trainer."
+        )
+    if problem_type == "multi_label_classification":
+        raise ValueError(
+            f"{method} is defined for single-label classification (one correct class per sample), but the model "
+            "has problem_type='multi_label_classification'. Use mmr_alpha=0 and selection='none' for multi-label tasks."
+        )
