@@ -1,0 +1,86 @@
+"""Tiny random models and data sets built in memory: the tests never touch the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import datasets
+import pytest
+import torch
+import transformers
+
+VOCAB = 64
+SEQ_LEN = 8
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+
+# (config class, model class, extra config kwargs, expected classifier name)
+ARCHITECTURES = {
+    "bert": ("BertConfig", "BertForSequenceClassification", dict(num_hidden_layers=2), "classifier"),
+    "roberta": (
+        "RobertaConfig", "RobertaForSequenceClassification", dict(num_hidden_layers=2, pad_token_id=1), "classifier.out_proj"
+    ),
+    "distilbert": (
+        "DistilBertConfig", "DistilBertForSequenceClassification",
+        dict(dim=16, n_layers=2, n_heads=2, hidden_dim=32, dropout=0.1, attention_dropout=0.1), "classifier",
+    ),
+    "albert": ("AlbertConfig", "AlbertForSequenceClassification", dict(num_hidden_layers=2, embedding_size=8), "classifier"),
+    "electra": (
+        "ElectraConfig", "ElectraForSequenceClassification", dict(num_hidden_layers=2, embedding_size=16), "classifier.out_proj"
+    ),
+    "deberta-v2": (
+        "DebertaV2Config", "DebertaV2ForSequenceClassification", dict(num_hidden_layers=2, pooler_hidden_size=16), "classifier"
+    ),
+    "modernbert": (
+        "ModernBertConfig", "ModernBertForSequenceClassification",
+        dict(num_hidden_layers=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+             global_attn_every_n_layers=1, local_attention=16),
+        "classifier",
+    ),
+    "gpt2": ("GPT2Config", "GPT2ForSequenceClassification", dict(n_embd=16, n_layer=2, n_head=2, n_positions=64, pad_token_id=0), "score"),
+}
+
+
+def tiny_model(arch: str = "bert", num_labels: int = 3, seed: int = 0, dropout: bool = True, **overrides):
+    """A randomly initialised tiny sequence classifier of the given architecture."""
+    config_name, model_name, extra, _ = ARCHITECTURES[arch]
+    kwargs = {**_COMMON, **extra, "num_labels": num_labels, **overrides}
+    if arch == "distilbert":
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
+            kwargs.pop(key)
+    if arch == "gpt2":
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings"):
+            kwargs.pop(key)
+    config = getattr(transformers, config_name)(**kwargs)
+    if not dropout:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob", "dropout",
+                     "attention_dropout", "seq_classif_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                     "summary_first_dropout", "pooler_dropout", "classifier_dropout"):
+            if hasattr(config, name) and isinstance(getattr(config, name), float):
+                setattr(config, name, 0.0)
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(config)
+
+
+def token_dataset(n: int = 64, num_labels: int = 3, seed: int = 0, with_labels: bool = True) -> datasets.Dataset:
+    """``n`` random token sequences (distinct, so a row identifies its sample) with random labels."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (n, SEQ_LEN), generator=g)
+    ids[:, 0] = 1  # a CLS-like first token
+    assert len({tuple(r) for r in ids.tolist()}) == n
+    columns = {"input_ids": ids.tolist(), "attention_mask": [[1] * SEQ_LEN] * n}
+    if with_labels:
+        columns["labels"] = torch.randint(0, num_labels, (n,), generator=g).tolist()
+    return datasets.Dataset.from_dict(columns)
+
+
+def row_key(input_ids) -> tuple:
+    return tuple(int(t) for t in input_ids)
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    return str(tmp_path / "out")
