@@ -1,0 +1,263 @@
+"""MMRTrainer does what the math says, on tiny random Transformers models."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from conftest import row_key, tiny_model, token_dataset
+from mmr_transformers import MMRTrainer, MMRTrainingArguments
+from test_margins import brute_force_penalty
+
+
+def make_args(output_dir, **overrides):
+    base = dict(
+        output_dir=output_dir, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=4, logging_steps=1,
+        learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=7,
+    )
+    return MMRTrainingArguments(**{**base, **overrides})
+
+
+class RecordingTrainer(MMRTrainer):
+    """Records what each step scored, selected and trained on, with the weights it scored with."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.selections, self.trained = [], []
+
+    def _select(self, candidates, micro_step):
+        selected = super()._select(candidates, micro_step)
+        self.selections.append(dict(
+            step=self.state.global_step,
+            candidates={k: v.clone() for k, v in candidates.items()},
+            selected=[row_key(r) for r in selected["input_ids"]],
+            weights=copy.deepcopy(self.model.state_dict()),
+        ))
+        return selected
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.trained.append([row_key(r) for r in inputs["input_ids"]])
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def independent_features(model, batch):
+    """phi of each architecture's last linear layer, computed from the encoder by hand (no hooks)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    name = type(model).__name__
+    if name.startswith("Bert"):
+        return model.bert(input_ids=ids, attention_mask=mask).pooler_output
+    if name.startswith("Roberta"):
+        cls = model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        return torch.tanh(model.classifier.dense(cls))
+    if name.startswith("DistilBert"):
+        cls = model.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        return torch.relu(model.pre_classifier(cls))
+    raise NotImplementedError(name)
+
+
+def classifier_linear(model):
+    return model.classifier.out_proj if type(model).__name__.startswith("Roberta") else model.classifier
+
+
+def expected_loss(model, batch, alpha):
+    """Cross-entropy + alpha·R for one batch, from independently computed features and a brute-force R."""
+    linear = classifier_linear(model)
+    with torch.no_grad():
+        phi = independent_features(model, batch)
+        logits = (phi @ linear.weight.T + linear.bias).double().numpy()
+    labels = batch["labels"].numpy()
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    ce = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
+    penalty = brute_force_penalty(phi.numpy(), logits, labels.tolist(), linear.weight.detach().numpy())
+    return ce + alpha * penalty, penalty
+
+
+def rows(dataset, start, stop):
+    part = dataset[start:stop]
+    return {k: torch.tensor(v) for k, v in part.items()}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_training_loss_is_cross_entropy_plus_alpha_times_the_penalty(arch, output_dir):
+    data = token_dataset(32)
+    model = tiny_model(arch, dropout=False)
+    initial = copy.deepcopy(model)
+    alpha = 50.0  # tiny random heads have small weights: a large alpha makes the term visible
+    args = make_args(output_dir, mmr_alpha=alpha, max_steps=1, train_sampling_strategy="sequential")
+    trainer = MMRTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    loss, penalty = expected_loss(initial.eval(), rows(data, 0, 4), alpha)
+    assert logged["loss"] == pytest.approx(loss, rel=1e-5)
+    assert logged["mmr_penalty"] == pytest.approx(penalty, rel=1e-5)
+    assert logged["mmr_alpha"] == alpha
+    assert penalty * alpha > 1e-3 * loss  # the term is large enough for the check to mean something
+
+
+def test_evaluation_loss_has_no_regularizer(output_dir):
+    data = token_dataset(16)
+    model = tiny_model("bert", dropout=False)
+    mmr = MMRTrainer(model=model, args=make_args(output_dir, mmr_alpha=10.0), eval_dataset=data)
+    stock = Trainer(model=model, args=TrainingArguments(output_dir=output_dir, report_to=[], use_cpu=True,
+                                                        per_device_eval_batch_size=8), eval_dataset=data)
+    plain, _ = expected_loss(model.eval(), rows(data, 0, 16), 0.0)
+    got = mmr.evaluate()["eval_loss"]
+    assert got == pytest.approx(plain, rel=1e-5)
+    assert got == pytest.approx(stock.evaluate()["eval_loss"], rel=1e-6)
+
+
+def test_alpha_zero_without_selection_matches_the_stock_trainer_bit_for_bit(output_dir):
+    data = token_dataset(64)
+    model = tiny_model("bert")  # dropout on: the random streams must line up too
+    stock_model, mmr_model = copy.deepcopy(model), copy.deepcopy(model)
+    common = dict(output_dir=output_dir, per_device_train_batch_size=4, max_steps=5, logging_steps=1, learning_rate=1e-3,
+                  report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=3)
+    Trainer(model=stock_model, args=TrainingArguments(**common), train_dataset=data).train()
+    trainer = MMRTrainer(model=mmr_model, args=MMRTrainingArguments(**common, mmr_alpha=0.0), train_dataset=data)
+    trainer.train()
+    for (name, a), (_, b) in zip(stock_model.state_dict().items(), mmr_model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(model.classifier.weight, mmr_model.classifier.weight)
+
+
+def test_gradient_accumulation_two_equals_a_batch_twice_as_large(output_dir):
+    data = token_dataset(64)
+    model = tiny_model("bert", dropout=False)
+    runs = {}
+    for accumulation, batch in [(1, 8), (2, 4)]:
+        run_model = copy.deepcopy(model)
+        args = make_args(output_dir, mmr_alpha=0.0, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                         train_sampling_strategy="sequential", max_steps=3)
+        trainer = MMRTrainer(model=run_model, args=args, train_dataset=data)
+        trainer.train()
+        runs[accumulation] = ([h["loss"] for h in trainer.state.log_history if "loss" in h], run_model)
+    assert runs[1][0] == pytest.approx(runs[2][0], rel=1e-5)
+    for a, b in zip(runs[1][1].parameters(), runs[2][1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_with_mmr_logs_the_mean_of_the_micro_batch_losses(output_dir):
+    data = token_dataset(32)
+    model = tiny_model("bert", dropout=False)
+    initial = copy.deepcopy(model).eval()
+    args = make_args(output_dir, mmr_alpha=50.0, gradient_accumulation_steps=2, max_steps=1,
+                     train_sampling_strategy="sequential")
+    trainer = MMRTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    per_micro_batch = [expected_loss(initial, rows(data, s, s + 4), 50.0)[0] for s in (0, 4)]
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(np.mean(per_micro_batch), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_each_trained_batch_is_the_lowest_mms_subset_of_its_candidates(arch, output_dir):
+    data = token_dataset(96)
+    model = tiny_model(arch, initializer_range=1.0)  # spread-out margins: ranks that float32 rounding cannot flip
+    args = make_args(output_dir, mmr_alpha=1e-3, selection="mms", selection_ratio=3, max_steps=4, gradient_accumulation_steps=2)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    assert len(trainer.selections) == 8 and trainer.trained == [r["selected"] for r in trainer.selections]
+    assert trainer.state.log_history[0]["samples_scored"] == 24 and trainer.state.log_history[0]["samples_trained"] == 8
+    scorer = copy.deepcopy(model).eval()
+    for record in trainer.selections:
+        scorer.load_state_dict(record["weights"])
+        candidates = record["candidates"]
+        assert len(candidates["input_ids"]) == 12
+        with torch.no_grad():
+            phi = independent_features(scorer, candidates)
+        weight = classifier_linear(scorer).weight.detach().double().numpy()
+        logits = phi.double().numpy() @ weight.T
+        margins = []
+        for row in logits:  # the bias cancels in s[i1] - s[i2]
+            i, j = np.argsort(-row)[:2]
+            margins.append((row[i] - row[j]) / np.linalg.norm(weight[i] - weight[j]))
+        lowest = np.argsort(margins)[:4]
+        assert sorted(record["selected"]) == sorted(row_key(candidates["input_ids"][i]) for i in lowest)
+    assert trainer.state.log_history[0]["mms_selected"] < trainer.state.log_history[0]["mms_candidates"]
+
+
+@pytest.mark.parametrize("selection", ["mms", "random"])
+def test_resume_reproduces_the_uninterrupted_run(selection, tmp_path):
+    data = token_dataset(64)
+    model = tiny_model("bert")
+    runs = {}
+    for name, resume in [("full", None), ("resumed", str(tmp_path / "full" / "checkpoint-3"))]:
+        run_model = copy.deepcopy(model)
+        args = make_args(str(tmp_path / name), mmr_alpha=1e-3, selection=selection, selection_ratio=2, max_steps=6,
+                         save_strategy="steps", save_steps=3)
+        trainer = RecordingTrainer(model=run_model, args=args, train_dataset=data)
+        trainer.train(resume_from_checkpoint=resume)
+        runs[name] = (trainer, run_model)
+    full, resumed = runs["full"][0], runs["resumed"][0]
+    assert [r["step"] for r in resumed.selections] == [3, 4, 5]
+    assert [r["selected"] for r in resumed.selections] == [r["selected"] for r in full.selections[3:]]
+    for (name, a), (_, b) in zip(runs["full"][1].state_dict().items(), runs["resumed"][1].state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_plain_training_arguments_object_gets_the_thesis_alpha(output_dir):
+    args = TrainingArguments(output_dir=output_dir, max_steps=1, logging_steps=1, report_to=[], use_cpu=True,
+                             per_device_train_batch_size=4, save_strategy="no")
+    trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(8))
+    trainer.train()
+    assert trainer.state.log_history[0]["mmr_alpha"] == 1e-5 and trainer.state.log_history[0]["mmr_penalty"] > 0
+
+
+def test_linear_alpha_schedule_reaches_its_end_on_the_last_step(output_dir):
+    args = make_args(output_dir, mmr_alpha=1e-5, mmr_alpha_end=1e-3, mmr_alpha_schedule="linear", max_steps=3)
+    trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(16))
+    trainer.train()
+    assert [h["mmr_alpha"] for h in trainer.state.log_history if "loss" in h] == [1e-5, (1e-5 + 1e-3) / 2, 1e-3]
+
+
+def test_the_command_line_has_every_mmr_flag(output_dir):
+    (args,) = HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", output_dir, "--mmr-alpha", "1e-4", "--mmr_alpha_end", "1e-3", "--mmr-alpha-schedule", "linear",
+         "--selection", "entropy", "--selection_ratio", "2.5", "--classifier_module", "classifier", "--use_cpu"]
+    )
+    assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule) == (1e-4, 1e-3, "linear")
+    assert (args.selection, args.selection_ratio, args.classifier_module) == ("entropy", 2.5, "classifier")
+    with pytest.raises(SystemExit):
+        HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(["--output_dir", output_dir, "--selection", "hardest"])
+
+
+# ---- bad input: clear errors, before any work is lost -----------------------------------------------
+
+
+def test_selection_ratio_below_one_is_refused(output_dir):
+    with pytest.raises(ValueError, match=r"selection_ratio must be >= 1: it is the candidate multiplier k .*got 0.5"):
+        make_args(output_dir, selection="mms", selection_ratio=0.5)
+
+
+def test_negative_alpha_is_refused(output_dir):
+    with pytest.raises(ValueError, match=r"mmr_alpha must be >= 0 \(0 turns MMR off\); got -1"):
+        make_args(output_dir, mmr_alpha=-1)
+
+
+@pytest.mark.parametrize("settings, method", [({"mmr_alpha": 1e-5}, "MMR"), ({"mmr_alpha": 0.0, "selection": "mms"}, "selection='mms'")])
+def test_a_regression_head_is_refused_at_construction(settings, method, output_dir):
+    with pytest.raises(ValueError, match=f"{method}.* needs a single-label classification head .*regression head"):
+        MMRTrainer(model=tiny_model("bert", num_labels=1), args=make_args(output_dir, **settings))
+
+
+def test_a_regression_head_trains_when_mmr_and_selection_are_off(output_dir):
+    MMRTrainer(model=tiny_model("bert", num_labels=1), args=make_args(output_dir, mmr_alpha=0.0))
+
+
+def test_a_model_whose_classifier_cannot_be_found_is_refused(output_dir):
+    with pytest.raises(ValueError, match=r"classifier_module='head' is no such module in BertForSequenceClassification"):
+        MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir, classifier_module="head"))
+
+
+def test_loss_selection_without_labels_is_refused_by_message(output_dir):
+    args = make_args(output_dir, mmr_alpha=0.0, selection="loss", selection_ratio=2)
+    trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(16, with_labels=False))
+    with pytest.raises(ValueError, match="selection='loss' ranks candidates by their labels, but the batch has no labels"):
+        trainer.train()
+
+
+def test_mmr_without_labels_is_refused_by_message(output_dir):
+    trainer = MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir), train_dataset=token_dataset(16, with_labels=False))
+    with pytest.raises(ValueError, match=r"MMR \(mmr_alpha > 0\) needs the labels of each training sample"):
+        trainer.train()
