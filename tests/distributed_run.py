@@ -1,0 +1,35 @@
+"""Train a tiny BERT with MMR + MMS selection; run by test_distributed.py plainly and under `accelerate launch`.
+
+Each process writes ``selections-rank{R}.json`` (the rows it trained on, step by step); the main process
+saves the final model and the log history.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from conftest import tiny_model, token_dataset  # noqa: E402
+from mmr_transformers import MMRTrainingArguments  # noqa: E402
+from recording import RecordingTrainer  # noqa: E402
+
+
+def main():
+    (args,) = HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses()
+    model = tiny_model("bert", dropout=False, initializer_range=1.0)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(64))
+    trainer.train()
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, f"selections-rank{args.process_index}.json"), "w") as f:
+        json.dump([{"step": r["step"], "selected": r["selected"]} for r in trainer.selections], f)
+    if trainer.is_world_process_zero():
+        trainer.save_model(os.path.join(args.output_dir, "final"))
+        with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
+            json.dump(trainer.state.log_history, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""A real two-process run (Accelerate, gloo on CPU) agrees with the single-process math.
+
+Two processes each score their own candidate batch, keep its lowest-MMS half and average gradients.
+A single process with gradient accumulation 2 over the same two candidate batches must select the
+same rows, log the same loss and end with the same weights.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_model
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_run.py")
+COMMON = ["--per_device_train_batch_size", "4", "--selection", "mms", "--selection_ratio", "2", "--mmr_alpha", "0.5",
+          "--max_steps", "4", "--learning_rate", "1e-2", "--logging_steps", "1", "--train_sampling_strategy", "sequential",
+          "--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--seed", "11"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(command, output_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(SCRIPT))}
+    result = subprocess.run(command + ["--output_dir", str(output_dir)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def read(output_dir, ranks):
+    selections = [json.load(open(output_dir / f"selections-rank{r}.json")) for r in range(ranks)]
+    losses = [h["loss"] for h in json.load(open(output_dir / "log_history.json")) if "loss" in h]
+    return selections, losses, load_file(str(output_dir / "final" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("distributed")
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT, *COMMON],
+        base / "two")
+    run([sys.executable, SCRIPT, *COMMON, "--gradient_accumulation_steps", "2"], base / "one")
+    return read(base / "two", 2), read(base / "one", 1)
+
+
+def test_each_process_selects_what_the_accumulated_single_process_run_selects(runs):
+    (two_sel, _, _), (one_sel, _, _) = runs
+    assert [len(s) for s in two_sel] == [4, 4] and len(one_sel[0]) == 8
+    for step in range(4):
+        for rank in range(2):
+            distributed = two_sel[rank][step]
+            single = one_sel[0][2 * step + rank]
+            assert distributed["step"] == single["step"] == step
+            assert distributed["selected"] == single["selected"]
+    rows_per_step = [set(map(tuple, two_sel[0][s]["selected"])) | set(map(tuple, two_sel[1][s]["selected"])) for s in range(4)]
+    assert all(len(rows) == 8 for rows in rows_per_step)  # the ranks trained on disjoint rows
+
+
+def test_loss_and_weights_agree_with_the_single_process_run(runs):
+    (_, two_losses, two_weights), (_, one_losses, one_weights) = runs
+    assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    assert two_weights.keys() == one_weights.keys()
+    for name in one_weights:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6)
+    initial = tiny_model("bert", dropout=False, initializer_range=1.0).state_dict()
+    assert not torch.allclose(initial["classifier.weight"], two_weights["classifier.weight"], atol=1e-3)
