@@ -124,3 +124,22 @@ def take_rows(batch: Mapping[str, Any], index: torch.Tensor) -> dict[str, Any]:
         else:
             taken[key] = value
     return taken
+
+
+def trim_padding(batch: dict[str, Any], mask_key: str = "attention_mask") -> dict[str, Any]:
+    """Drop the sequence columns that are padding in every row (a selected subset is often shorter
+    than its candidate batch was padded to). Left and right padding both work."""
+    mask = batch.get(mask_key)
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        return batch
+    used = mask.bool().any(dim=0).nonzero()
+    if len(used) == 0:
+        return batch
+    first, last = int(used[0]), int(used[-1]) + 1
+    seq_len = mask.shape[1]
+    if (first, last) == (0, seq_len):
+        return batch
+    return {
+        key: value[:, first:last] if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[1] == seq_len else value
+        for key, value in batch.items()
+    }

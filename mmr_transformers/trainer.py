@@ -28,7 +28,7 @@ from transformers import Trainer, TrainingArguments
 from .heads import ClassifierHead, check_classification_head, find_classifier
 from .margins import minimal_margin_scores, multi_margin_penalty
 from .schedules import alpha_at
-from .selection import batch_size_of, get_selection_strategy, num_to_keep, select_candidates, take_rows
+from .selection import batch_size_of, get_selection_strategy, num_to_keep, select_candidates, take_rows, trim_padding
 from .training_args import mmr_setting, validate_mmr_settings
 
 
@@ -54,7 +54,8 @@ class MMRTrainer(Trainer):
     - With ``selection != "none"`` the train DataLoader yields candidate micro-batches of ``ceil(k·b)``
       samples; each is scored without gradients (eval mode, so dropout is off and BatchNorm statistics
       stay untouched) and cut to the ``b`` samples the strategy prefers before the usual
-      forward/backward. An epoch therefore scores every sample once and trains on about ``1/k`` of them.
+      forward/backward (sequence columns that are padding in every kept row are dropped). An epoch
+      therefore scores every sample once and trains on about ``1/k`` of them.
     - Sequence-classification models declare ``forward(**kwargs)`` but return a per-batch mean loss, so
       the stock ``Trainer`` would skip dividing it by the gradient-accumulation steps (and multiply it by
       the process count). ``MMRTrainer`` treats the loss as the per-batch mean it is.
@@ -191,7 +192,7 @@ class MMRTrainer(Trainer):
         self._window_sums["samples_scored"] += n
         self._window_sums["samples_trained"] += len(keep)
         self._window_sums["scoring_seconds"] += time.perf_counter() - started
-        return take_rows(candidates, keep)
+        return trim_padding(take_rows(candidates, keep))
 
     # ---- Logging --------------------------------------------------------------------------------
 

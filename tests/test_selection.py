@@ -13,6 +13,7 @@ from mmr_transformers.selection import (
     register_selection_strategy,
     select_candidates,
     take_rows,
+    trim_padding,
 )
 
 
@@ -96,3 +97,18 @@ def test_take_rows_slices_tensors_and_lists_and_keeps_the_rest():
     out = take_rows(batch, torch.tensor([1, 3]))
     assert out["input_ids"].tolist() == [[3, 4, 5], [9, 10, 11]]
     assert out["labels"].tolist() == [1, 1] and out["ids"] == ["b", "d"] and out["scale"] == 2.0
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_trim_padding_drops_only_columns_that_are_padding_in_every_row(side):
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    if side == "left":
+        mask = mask.flip(1)
+    ids = torch.arange(12).view(2, 6) * mask
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1])}
+    out = trim_padding(batch)
+    kept = slice(0, 3) if side == "right" else slice(3, 6)
+    assert torch.equal(out["input_ids"], ids[:, kept]) and torch.equal(out["attention_mask"], mask[:, kept])
+    assert torch.equal(out["labels"], batch["labels"])
+    full = {"input_ids": ids[:1, :3], "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    assert trim_padding(full) is full
