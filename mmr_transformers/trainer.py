@@ -28,7 +28,15 @@ from transformers import Trainer, TrainingArguments
 from .heads import ClassifierHead, check_classification_head, find_classifier
 from .margins import minimal_margin_scores, multi_margin_penalty
 from .schedules import alpha_at
-from .selection import batch_size_of, get_selection_strategy, num_to_keep, select_candidates, take_rows, trim_padding
+from .selection import (
+    batch_size_of,
+    get_selection_strategy,
+    length_sorted_chunks,
+    num_to_keep,
+    select_candidates,
+    take_rows,
+    trim_padding,
+)
 from .training_args import mmr_setting, validate_mmr_settings
 
 
@@ -71,6 +79,7 @@ class MMRTrainer(Trainer):
         selection = mmr_setting(settings_source, "selection")
         self._strategy = None if selection == "none" else get_selection_strategy(selection)
         self._selection_ratio = mmr_setting(settings_source, "selection_ratio")
+        self._scoring_batch_size = mmr_setting(settings_source, "selection_scoring_batch_size")
         self._classifier_module = mmr_setting(settings_source, "classifier_module")
         self._head: ClassifierHead | None = None
         self._head_owner: nn.Module | None = None
@@ -179,7 +188,7 @@ class MMRTrainer(Trainer):
             with torch.inference_mode(), self.compute_loss_context_manager():
                 inputs = self._prepare_inputs(candidates)
                 labels = inputs.get("labels")
-                logits = logits_of(scorer(**{k: v for k, v in inputs.items() if k not in self.label_names}))
+                logits = self._candidate_logits(scorer, inputs, n)
                 margins = minimal_margin_scores(logits, head.weight)
                 keep = select_candidates(self._strategy, logits, head.weight, num_keep, labels, generator)
                 selected_margin = margins[keep].mean().item()
@@ -193,6 +202,17 @@ class MMRTrainer(Trainer):
         self._window_sums["samples_trained"] += len(keep)
         self._window_sums["scoring_seconds"] += time.perf_counter() - started
         return trim_padding(take_rows(candidates, keep))
+
+    def _candidate_logits(self, scorer: nn.Module, inputs: dict[str, Any], n: int) -> torch.Tensor:
+        """Logits of all candidates, computed in length-sorted chunks of ``selection_scoring_batch_size`` rows."""
+        features = {k: v for k, v in inputs.items() if k not in self.label_names}
+        logits = None
+        for index, chunk in length_sorted_chunks(features, self._scoring_batch_size or self._train_batch_size):
+            chunk_logits = logits_of(scorer(**chunk))
+            if logits is None:
+                logits = chunk_logits.new_empty((n, chunk_logits.shape[1]))
+            logits[index.to(logits.device)] = chunk_logits
+        return logits
 
     # ---- Logging --------------------------------------------------------------------------------
 

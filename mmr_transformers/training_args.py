@@ -51,6 +51,13 @@ class MMRTrainingArguments(TrainingArguments):
             "trains on about 1/k of them."
         },
     )
+    selection_scoring_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows per scoring forward pass (default: per_device_train_batch_size). Candidates are scored in "
+            "chunks of similar length, each trimmed of its padding."
+        },
+    )
     classifier_module: str | None = field(
         default=None,
         metadata={
@@ -63,7 +70,10 @@ class MMRTrainingArguments(TrainingArguments):
         validate_mmr_settings(self)
 
 
-MMR_FIELDS = ("mmr_alpha", "mmr_alpha_end", "mmr_alpha_schedule", "selection", "selection_ratio", "classifier_module")
+MMR_FIELDS = (
+    "mmr_alpha", "mmr_alpha_end", "mmr_alpha_schedule",
+    "selection", "selection_ratio", "selection_scoring_batch_size", "classifier_module",
+)
 _DEFAULTS = {f.name: f.default for f in fields(MMRTrainingArguments) if f.name in MMR_FIELDS}
 
 
@@ -94,3 +104,6 @@ def validate_mmr_settings(args: TrainingArguments) -> None:
             f"selection_ratio must be >= 1: it is the candidate multiplier k (each step scores k·b samples and "
             f"trains on b of them); got {ratio}. Use selection_ratio=1 (or selection='none') for plain training."
         )
+    scoring_batch_size = mmr_setting(args, "selection_scoring_batch_size")
+    if scoring_batch_size is not None and scoring_batch_size < 1:
+        raise ValueError(f"selection_scoring_batch_size must be >= 1 (or unset for the train batch size); got {scoring_batch_size}.")

@@ -65,20 +65,28 @@ def tiny_model(arch: str = "bert", num_labels: int = 3, seed: int = 0, dropout: 
     return getattr(transformers, model_name)(config)
 
 
-def token_dataset(n: int = 64, num_labels: int = 3, seed: int = 0, with_labels: bool = True) -> datasets.Dataset:
-    """``n`` random token sequences (distinct, so a row identifies its sample) with random labels."""
+def token_dataset(n: int = 64, num_labels: int = 3, seed: int = 0, with_labels: bool = True,
+                  variable_length: bool = False) -> datasets.Dataset:
+    """``n`` random token sequences (distinct, so a row identifies its sample) with random labels;
+    with ``variable_length``, rows have 3 to SEQ_LEN real tokens followed by padding (token 0, mask 0)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (n, SEQ_LEN), generator=g)
     ids[:, 0] = 1  # a CLS-like first token
-    assert len({tuple(r) for r in ids.tolist()}) == n
-    columns = {"input_ids": ids.tolist(), "attention_mask": [[1] * SEQ_LEN] * n}
+    mask = torch.ones_like(ids)
+    if variable_length:
+        lengths = torch.randint(3, SEQ_LEN + 1, (n,), generator=g)
+        mask = (torch.arange(SEQ_LEN)[None, :] < lengths[:, None]).long()
+        ids = ids * mask
+    assert len({row_key(r) for r in ids.tolist()}) == n
+    columns = {"input_ids": ids.tolist(), "attention_mask": mask.tolist()}
     if with_labels:
         columns["labels"] = torch.randint(0, num_labels, (n,), generator=g).tolist()
     return datasets.Dataset.from_dict(columns)
 
 
 def row_key(input_ids) -> tuple:
-    return tuple(int(t) for t in input_ids)
+    """A sample's identity: its real tokens (padding, token 0, left out, so trimmed rows keep their key)."""
+    return tuple(int(t) for t in input_ids if int(t) != 0)
 
 
 @pytest.fixture

