@@ -32,12 +32,28 @@ def sst2_sentences(split: str = "train", limit: int | None = None, seed: int = 0
     return data.select(range(min(limit, len(data)))) if limit else data
 
 
-def require_quiet_machine(force: bool, max_load_per_core: float = 0.5) -> float:
-    """Refuse to time on a loaded machine: the 1-minute load average per core must be under the bound."""
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    if load > max_load_per_core and not force:
-        raise SystemExit(f"machine is busy (load {load:.2f} per core > {max_load_per_core}); rerun when quiet or pass --force")
-    return load
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_fraction(seconds: float = 2.0) -> float:
+    """Share of all cores' time spent busy over the next ``seconds`` (this process is idle meanwhile)."""
+    busy0, total0 = _cpu_times()
+    time.sleep(seconds)
+    busy1, total1 = _cpu_times()
+    return (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def require_quiet_machine(force: bool, max_busy: float = 0.15) -> float:
+    """Refuse to time on a loaded machine: other processes may use at most ``max_busy`` of the CPUs."""
+    busy = busy_fraction()
+    if busy > max_busy and not force:
+        raise SystemExit(f"machine is busy ({busy:.0%} of CPU time used by others > {max_busy:.0%}); "
+                         "rerun when quiet or pass --force")
+    return busy
 
 
 class StepClock(TrainerCallback):

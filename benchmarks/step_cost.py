@@ -1,7 +1,9 @@
 """Per-step cost of MMR and of MMS selection, measured side by side in one run.
 
 Arms, each a real ``MMRTrainer.train()`` on real SST-2 sentences with the pretrained MiniLM-L6 encoder:
-``plain`` (alpha 0, no selection), ``mmr`` (alpha 1e-5), ``mms_k{K}`` (selection k·b → b). The arms are
+``plain`` (alpha 0, no selection), ``mmr`` (alpha 1e-5), ``mms_k{K}`` (selection k·b → b) and ``random_k{K}``
+(the same scoring, then a random b: its trained rows are as long as plain's, so it isolates the overhead
+from the change in what is trained on). The arms are
 interleaved round by round so that machine noise hits them alike; each ratio is taken within a round,
 then the median over rounds is reported. The ideal cost of a selective step is
 ``1 + k · (inference pass of b samples) / (plain train step of b samples)``.
@@ -42,13 +44,15 @@ def time_arm(name, settings, tokenizer, data, args, output_dir):
     training = MMRTrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=3e-5,
         lr_scheduler_type="constant", train_sampling_strategy="sequential", logging_steps=args.steps, save_strategy="no",
-        report_to=[], use_cpu=True, disable_tqdm=True, seed=args.seed, **settings,
+        report_to=[], use_cpu=True, disable_tqdm=True, seed=args.seed, include_num_input_tokens_seen="non_padding",
+        **settings,
     )
     clock = StepClock()
     trainer = MMRTrainer(model=model, args=training, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
                          callbacks=[clock])
     trainer.train()
-    return statistics.median(clock.step_seconds()), trainer, model
+    tokens_per_step = trainer.state.num_input_tokens_seen / args.steps
+    return statistics.median(clock.step_seconds()), tokens_per_step, trainer, model
 
 
 def inference_seconds(model, trainer, args):
@@ -81,12 +85,15 @@ def main():
     load = require_quiet_machine(args.force)
     tokenizer, data = build(args)
     arms = {"plain": dict(mmr_alpha=0.0), "mmr": dict(mmr_alpha=1e-5)}
-    arms.update({f"mms_k{k}": dict(mmr_alpha=0.0, selection="mms", selection_ratio=k) for k in args.ks})
-    rounds = []
+    for k in args.ks:
+        for strategy in ("mms", "random"):
+            arms[f"{strategy}_k{k}"] = dict(mmr_alpha=0.0, selection=strategy, selection_ratio=k)
+    rounds, tokens = [], {}
     for r in range(args.rounds):
         seconds = {}
         for name, settings in arms.items():
-            seconds[name], trainer, model = time_arm(name, settings, tokenizer, data, args, f"/tmp/step_cost_{name}")
+            seconds[name], tokens[name], trainer, model = time_arm(name, settings, tokenizer, data, args,
+                                                                   f"/tmp/step_cost_{name}")
             if name == "plain":
                 seconds["inference"] = inference_seconds(model, trainer, args)
         rounds.append(seconds)
@@ -99,18 +106,23 @@ def main():
     result = {
         "command": "python " + " ".join(sys.argv),
         "torch_threads": torch.get_num_threads(),
-        "load_per_core_at_start": round(load, 2),
+        "cpu_busy_by_others_at_start": round(load, 3),
         "batch_size": args.batch_size,
         "rounds": rounds,
         "plain_step_seconds": statistics.median(s["plain"] for s in rounds),
         "inference_over_train_step": inference_ratio,
         "mmr_over_plain": median_ratio("mmr"),
-        "mms": {k: {"measured": median_ratio(f"mms_k{k}"), "ideal": 1 + k * inference_ratio} for k in args.ks},
+        "trained_tokens_per_step": tokens,
+        "selection": {
+            f"{strategy}_k{k}": {"measured": median_ratio(f"{strategy}_k{k}"), "ideal": 1 + k * inference_ratio}
+            for k in args.ks for strategy in ("mms", "random")
+        },
     }
     print(f"\nplain step {result['plain_step_seconds']:.3f}s, inference/train {inference_ratio:.3f}")
     print(f"MMR / plain step: {result['mmr_over_plain']:.3f}")
-    for k, v in result["mms"].items():
-        print(f"MMS k={k}: {v['measured']:.3f}x plain (ideal {v['ideal']:.3f}x, measured/ideal {v['measured'] / v['ideal']:.3f})")
+    for name, v in result["selection"].items():
+        print(f"{name}: {v['measured']:.3f}x plain (ideal {v['ideal']:.3f}x, measured/ideal {v['measured'] / v['ideal']:.3f}),"
+              f" {tokens[name]:.0f} trained tokens/step vs plain {tokens['plain']:.0f}")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util
+import sys
+
 import datasets
 import pytest
 import torch
@@ -82,6 +85,16 @@ def token_dataset(n: int = 64, num_labels: int = 3, seed: int = 0, with_labels: 
     if with_labels:
         columns["labels"] = torch.randint(0, num_labels, (n,), generator=g).tolist()
     return datasets.Dataset.from_dict(columns)
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module, so tests can call its ``main``."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def row_key(input_ids) -> tuple:

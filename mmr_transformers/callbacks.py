@@ -1,0 +1,53 @@
+"""``EvalTimeline``: evaluation metrics against optimizer steps and against training wall time."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from transformers import TrainerCallback
+
+
+class EvalTimeline(TrainerCallback):
+    """Records, at each evaluation during training, the step, the training seconds so far (time spent in
+    evaluation and checkpointing left out) and the metrics; writes ``eval_timeline.json`` in ``output_dir``
+    at the end of training, for plots of a dev metric against steps and against wall time."""
+
+    def __init__(self):
+        self.points: list[dict] = []
+        self._started = self._mark = None
+        self._excluded = 0.0
+
+    def _exclude_since_mark(self):
+        now = time.perf_counter()
+        self._excluded += now - self._mark
+        self._mark = now
+
+    def train_seconds(self) -> float:
+        return self._mark - self._started - self._excluded
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = self._mark = time.perf_counter()
+        self._excluded = 0.0
+        self.points = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._mark = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self._started is None:  # an evaluation outside training
+            return
+        self._exclude_since_mark()
+        self.points.append({"step": state.global_step, "train_seconds": self.train_seconds(), **(metrics or {})})
+
+    def on_save(self, args, state, control, **kwargs):
+        if self._started is not None:
+            self._exclude_since_mark()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, "eval_timeline.json"), "w") as f:
+                json.dump(self.points, f, indent=1)
+        self._started = None

@@ -1,0 +1,30 @@
+"""The results tool: mean ± std over seeds per task and arm, and a plot file."""
+
+import json
+import os
+import statistics
+
+from conftest import load_script
+
+collect_results = load_script("collect_results")
+
+
+def record(task, arm, seed, **results):
+    timeline = [{"step": s, "train_seconds": 2.0 * s, **{k: v * s / 20 for k, v in results.items()}} for s in (10, 20)]
+    return {"run": f"{task}-{arm}-seed{seed}", "task": task, "arm": arm, "results": results, "timeline": timeline}
+
+
+def test_table_reports_mean_and_sample_std_per_task_and_arm(tmp_path):
+    runs = [record("mrpc", "baseline", s, eval_f1=f, eval_accuracy=a) for s, (f, a) in enumerate([(0.80, 0.70), (0.84, 0.74)])]
+    runs += [record("mrpc", "mmr1e-5", 1, eval_f1=0.9, eval_accuracy=0.8)]
+    runs += [record("mnli", "baseline", s, eval_accuracy=a, eval_mm_accuracy=a - 0.01) for s, a in enumerate([0.6, 0.7, 0.8])]
+    for run in runs:
+        with open(tmp_path / f"{run['run']}.json", "w") as f:
+            json.dump(run, f)
+    text = collect_results.table(collect_results.load_runs([str(tmp_path)]))
+    std = 100 * statistics.stdev([0.80, 0.84])
+    assert f"| baseline | 82.00 ± {std:.2f} | 72.00 ± {std:.2f} | 2 |" in text
+    assert "| mmr1e-5 | 90.00 | 80.00 | 1 |" in text
+    assert "| arm | accuracy | mm_accuracy | seeds |" in text and "| baseline | 70.00 ± 10.00 | 69.00 ± 10.00 | 3 |" in text
+    collect_results.plot(collect_results.load_runs([str(tmp_path)]), str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
