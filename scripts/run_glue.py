@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import transformers
 from transformers import (
@@ -30,6 +30,7 @@ from transformers import (
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
 from mmr_transformers.callbacks import EvalTimeline
+from mmr_transformers.cli import parse_layered, train_and_evaluate
 from mmr_transformers.glue import ALIASES, TASKS, get_task, glue_metrics, load_glue
 
 logger = logging.getLogger(__name__)
@@ -66,23 +67,18 @@ class GlueArguments:
 def parse_args(argv: list[str] | None = None) -> tuple[GlueArguments, MMRTrainingArguments]:
     """Defaults < glue_configs/<task>.json < command line."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((GlueArguments, MMRTrainingArguments))
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--task")
     pre.add_argument("--config_file", "--config-file")
     known, _ = pre.parse_known_args(argv)
+    layers = []
     if known.task:
+        layers.append(("defaults", {"output_dir": os.path.join("runs", "glue", known.task.lower())}))
         path = known.config_file or os.path.join(CONFIG_DIR, f"{known.task.lower()}.json")
         if known.config_file or os.path.exists(path):
             with open(path) as f:
-                settings = json.load(f)
-            valid = {action.dest for action in parser._actions}
-            unknown = sorted(set(settings) - valid)
-            if unknown:
-                raise SystemExit(f"{path}: unknown settings {unknown}; every key must be a command-line flag name.")
-            parser.set_defaults(**settings)
-        parser.set_defaults(output_dir=os.path.join("runs", "glue", known.task.lower()))
-    return parser.parse_args_into_dataclasses(args=argv)
+                layers.append((path, json.load(f)))
+    return parse_layered(HfArgumentParser((GlueArguments, MMRTrainingArguments)), layers, argv)
 
 
 def check_task_settings(task, training_args: MMRTrainingArguments) -> None:
@@ -126,12 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
                          padding="max_length" if glue_args.pad_to_max_length else False)
 
     with training_args.main_process_first(desc="tokenizing"):
-        keep = {"label"}
-        tokenized = raw.map(tokenize, batched=True, remove_columns=[c for c in raw["train"].column_names if c not in keep])
+        text_and_ids = [c for c in raw["train"].column_names if c != "label"]
+        tokenized = raw.map(tokenize, batched=True, remove_columns=text_and_ids)
     train = subset(tokenized["train"], glue_args.max_train_samples)
     evals = {split: subset(tokenized[split], glue_args.max_eval_samples) for split in task.eval_splits}
 
-    timeline = EvalTimeline()
     trainer = MMRTrainer(
         model=model,
         args=training_args,
@@ -140,29 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda p: glue_metrics(task, p.predictions, p.label_ids),
-        callbacks=[timeline],
+        callbacks=[EvalTimeline()],
     )
 
-    results = {}
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    train_metrics = {**train_result.metrics, "train_samples": len(train)}
-    trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
-    trainer.save_state()
-    results.update(train_metrics)
-
-    for split, dataset in evals.items():
-        prefix = "eval" if split == task.eval_splits[0] else "eval_mm"
-        metrics = {**trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix), f"{prefix}_samples": len(dataset)}
-        trainer.log_metrics(prefix, metrics)
-        trainer.save_metrics(prefix, metrics)
-        results.update(metrics)
-
-    if trainer.is_world_process_zero():  # save_metrics already merged everything into all_results.json
-        with open(os.path.join(training_args.output_dir, "run_config.json"), "w") as f:
-            json.dump({"glue": asdict(glue_args), "training": training_args.to_dict(), "task": task.name}, f, indent=2)
-    return results
+    prefixes = {split: "eval" if split == task.eval_splits[0] else "eval_mm" for split in task.eval_splits}
+    return train_and_evaluate(trainer, {prefixes[split]: dataset for split, dataset in evals.items()},
+                              {"task": task.name, "glue": glue_args})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""What the example scripts share: layered settings and the train → evaluate → save-metrics stage."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+from transformers import HfArgumentParser
+
+
+def parse_layered(parser: HfArgumentParser, layers: list[tuple[str, dict[str, Any]]], argv: list[str]):
+    """Parse ``argv`` with each ``(source, settings)`` layer, in order, as defaults under the command line:
+    defaults < layer 1 < layer 2 < ... < command line. Unknown keys fail naming their source."""
+    valid = {action.dest for action in parser._actions}
+    for source, settings in layers:
+        unknown = sorted(set(settings) - valid)
+        if unknown:
+            raise SystemExit(f"{source}: unknown settings {unknown}; every key must be a command-line flag name.")
+        parser.set_defaults(**settings)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[str, Any]) -> dict[str, float]:
+    """Train (resuming when asked), save the model and state, evaluate each ``{prefix: dataset}`` and write
+    ``train_results.json``, ``<prefix>_results.json``, ``all_results.json`` and ``run_config.json``."""
+    args = trainer.args
+    train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    results = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
+    trainer.log_metrics("train", results)
+    trainer.save_metrics("train", results)
+    trainer.save_state()
+    for prefix, dataset in eval_datasets.items():
+        metrics = {**trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix), f"{prefix}_samples": len(dataset)}
+        trainer.log_metrics(prefix, metrics)
+        trainer.save_metrics(prefix, metrics)  # merged into all_results.json as well
+        results.update(metrics)
+    if trainer.is_world_process_zero():
+        with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
+            json.dump({**{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in run_config.items()},
+                       "training": args.to_dict()}, f, indent=2)
+    return results
