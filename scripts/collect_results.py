@@ -39,7 +39,11 @@ def load_runs(paths: list[str]) -> list[dict]:
 
 
 def metric_names(task_name: str) -> list[str]:
-    task = get_task(task_name)
+    """The task's GLUE metrics (MNLI: matched and mismatched), or accuracy for an image task."""
+    try:
+        task = get_task(task_name)
+    except ValueError:
+        return ["eval_accuracy"]
     names = [f"eval_{m}" for m in task.metrics]
     if len(task.eval_splits) > 1:
         names += [f"eval_mm_{m}" for m in task.metrics]
@@ -67,6 +71,41 @@ def table(runs: list[dict]) -> str:
                 continue
             cells = [mean_std([m["results"][n] for m in members]) for n in names]
             lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(members)} |")
+    return "\n".join(lines) + "\n"
+
+
+def time_to_reference(runs: list[dict], reference: str) -> str:
+    """Per task and arm: the steps and training seconds each run needed to first reach the reference arm's
+    mean final dev metric (``-`` when it never did), and its dev metric at the reference's mean training time."""
+    lines = []
+    for task in sorted({r["task"] for r in runs}):
+        metric = metric_names(task)[0]
+        members = [r for r in runs if r["task"] == task]
+        ref = [r for r in members if r["arm"] == reference and r["timeline"]]
+        if not ref:
+            continue
+        target = statistics.mean(r["timeline"][-1][metric] for r in ref)
+        ref_seconds = statistics.mean(r["timeline"][-1]["train_seconds"] for r in ref)
+        lines += [f"\n**{task.upper()}**: target = {reference}'s mean final {metric.removeprefix('eval_')} "
+                  f"{100 * target:.2f}, reached after its mean {ref_seconds:.0f} s of training\n",
+                  "| arm | runs reaching the target | steps to target | seconds to target | seconds / reference's | "
+                  f"{metric.removeprefix('eval_')} at {ref_seconds:.0f} s |", "|---|---|---|---|---|---|"]
+        for arm in sorted({r["arm"] for r in members}):
+            hits, at_budget = [], []
+            for run in (r for r in members if r["arm"] == arm and r["timeline"]):
+                points = run["timeline"]
+                hit = next((p for p in points if p[metric] >= target), None)
+                if hit:
+                    hits.append(hit)
+                within = [p for p in points if p["train_seconds"] <= ref_seconds]
+                if within:
+                    at_budget.append(within[-1][metric])
+            n = len([r for r in members if r["arm"] == arm])
+            steps = f"{statistics.mean(h['step'] for h in hits):.0f}" if hits else "-"
+            seconds = statistics.mean(h["train_seconds"] for h in hits) if hits else None
+            lines.append(f"| {arm} | {len(hits)}/{n} | {steps} | {f'{seconds:.0f}' if hits else '-'} | "
+                         f"{f'{seconds / ref_seconds:.2f}' if hits else '-'} | "
+                         f"{mean_std(at_budget) if at_budget else '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,11 +144,14 @@ def main():
     parser.add_argument("paths", nargs="+", help="folders of run JSON files, run JSON files, or run_glue output folders")
     parser.add_argument("--table", help="write the markdown table here (default: print it)")
     parser.add_argument("--plot", help="write a PNG plot here")
+    parser.add_argument("--reference", help="arm whose final dev metric is the target of a time-to-target table")
     args = parser.parse_args()
     runs = load_runs(args.paths)
     if not runs:
         raise SystemExit(f"no results found in {args.paths}")
     text = table(runs)
+    if args.reference:
+        text += time_to_reference(runs, args.reference)
     if args.table:
         with open(args.table, "w") as f:
             f.write(text)

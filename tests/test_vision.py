@@ -1,0 +1,165 @@
+"""The torchvision path: models, regimes, the orthogonal classifier and run_image.py, on tiny inputs."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from conftest import load_script
+from mmr_transformers import MMRTrainer, MMRTrainingArguments, find_classifier
+from mmr_transformers.image_data import Cutout, subset_indices
+from mmr_transformers.regimes import REGIMES, get_regime
+from mmr_transformers.vision import CifarResNet, build_model, fix_orthogonal_classifier
+
+run_image = load_script("run_image")
+
+
+class RandomImages(Dataset):
+    def __init__(self, n=24, classes=4, size=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, size, size, generator=g)
+        self.labels = torch.randint(0, classes, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.images[i], "labels": int(self.labels[i])}
+
+
+def image_args(output_dir, **overrides):
+    base = dict(output_dir=output_dir, per_device_train_batch_size=4, max_steps=2, learning_rate=0.05, report_to=[],
+                use_cpu=True, save_strategy="no", disable_tqdm=True, logging_steps=1, remove_unused_columns=False)
+    return MMRTrainingArguments(**{**base, **overrides})
+
+
+def test_resnet44_has_the_published_parameter_count():
+    parameters = sum(p.numel() for p in CifarResNet(44, 10).parameters())
+    assert 0.65e6 < parameters < 0.67e6  # He et al. 2016, Table 6: 0.66M
+    assert 0.26e6 < sum(p.numel() for p in CifarResNet(20, 10).parameters()) < 0.28e6  # 0.27M
+
+
+@pytest.mark.parametrize("name, head", [("resnet20", "network.fc"), ("vgg16-bn", "network.classifier"),
+                                        ("mobilenet_v2", "network.classifier.1")])
+@pytest.mark.parametrize("selection", ["none", "mms", "loss", "entropy", "random"])
+def test_each_model_trains_through_mmr_trainer_with_each_strategy(name, head, selection, output_dir):
+    torch.manual_seed(0)
+    model = build_model(name, 4)
+    assert find_classifier(model).name == head
+    before = [p.detach().clone() for p in model.parameters()]
+    args = image_args(output_dir, mmr_alpha=1e-3, selection=selection, selection_ratio=2)
+    trainer = MMRTrainer(model=model, args=args, train_dataset=RandomImages())
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["mmr_penalty"] > 0 and torch.isfinite(torch.tensor(logged["loss"]))
+    if selection != "none":
+        assert logged["samples_scored"] == 8 and logged["samples_trained"] == 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_wide_resnet_builds_and_scores():
+    model = build_model("wrn28-10", 100)
+    assert find_classifier(model).name == "network.fc" and find_classifier(model).num_classes == 100
+    assert 36.4e6 < sum(p.numel() for p in model.parameters()) < 36.6e6  # 36.5M
+
+
+def test_unknown_model_lists_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown model 'resnet45'; choose one of \['resnet110', 'resnet20'"):
+        build_model("resnet45", 10)
+
+
+@pytest.mark.parametrize("name, rates", [
+    ("resnet44-cifar10-early", {0: 0.1, 24991: 0.1, 24992: 0.01, 27334: 0.01, 27335: 0.001, 29678: 0.0001, 43999: 0.0001}),
+    ("resnet44-cifar10-standard", {0: 0.1, 63260: 0.1, 63261: 0.01, 95282: 0.001, 128084: 0.0001}),
+    ("wrn28-10-cifar100-early", {39049: 0.1, 39050: 0.02, 41393: 0.004, 43736: 0.0008}),
+    ("wrn28-10-cifar100-standard", {46859: 0.1, 46860: 0.02, 93720: 0.004, 124960: 0.0008}),
+    ("mobilenet-imagenet", {150119: 0.1, 150120: 0.01, 300240: 0.001, 400320: 0.0001}),
+])
+def test_regimes_give_the_published_rates_at_the_published_steps(name, rates):
+    regime = get_regime(name)
+    for step, rate in rates.items():
+        assert regime.lr_at(step) == pytest.approx(rate, rel=1e-9), step
+    model = torch.nn.Linear(3, 2)
+    optimizer, scheduler = regime.optimizer_and_scheduler(model)
+    assert optimizer.param_groups[0]["momentum"] == 0.9 and optimizer.param_groups[0]["weight_decay"] == regime.weight_decay
+
+
+def test_regime_schedule_drives_the_optimizer_step_by_step():
+    regime = get_regime("resnet44-cifar10-early", scale=0.001)  # drops at steps 25, 27, 30 of 44
+    assert regime.milestones == (25, 27, 30) and regime.total_steps == 44
+    optimizer, scheduler = regime.optimizer_and_scheduler(torch.nn.Linear(3, 2))
+    seen = []
+    for _ in range(32):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[24] == pytest.approx(0.1) and seen[25] == pytest.approx(0.01)
+    assert seen[27] == pytest.approx(0.001) and seen[30] == pytest.approx(0.0001)
+
+
+def test_mobilenet_regime_decays_only_convolution_weights():
+    model = build_model("mobilenet_v2", 10)
+    optimizer, _ = get_regime("mobilenet-imagenet").optimizer_and_scheduler(model)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] > 0 and plain["weight_decay"] == 0
+    assert all(p.ndim == 4 for p in decayed["params"]) and all(p.ndim != 4 for p in plain["params"])
+
+
+def test_unknown_regime_lists_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown regime 'fast'; choose one of \['mobilenet-imagenet'"):
+        get_regime("fast")
+    assert set(REGIMES) >= {"resnet44-cifar10-early", "wrn28-10-cifar100-early"}
+
+
+def test_orthogonal_classifier_stays_frozen_and_orthonormal_while_mms_and_mmr_train(output_dir):
+    torch.manual_seed(0)
+    model = build_model("resnet20", 4)
+    linear = fix_orthogonal_classifier(model)
+    frozen = linear.weight.detach().clone()
+    torch.testing.assert_close(frozen @ frozen.T, torch.eye(4), atol=1e-6, rtol=0)
+    encoder_before = model.network.conv.weight.detach().clone()
+    args = image_args(output_dir, mmr_alpha=1e-2, selection="mms", selection_ratio=2, max_steps=3, weight_decay=0.1)
+    trainer = MMRTrainer(model=model, args=args, train_dataset=RandomImages())
+    trainer.train()
+    assert torch.equal(linear.weight, frozen) and torch.equal(linear.bias, torch.zeros(4))
+    assert not torch.equal(model.network.conv.weight, encoder_before)
+    assert trainer.state.log_history[0]["mms_selected"] <= trainer.state.log_history[0]["mms_candidates"]
+
+
+def test_cutout_zeroes_one_square():
+    torch.manual_seed(3)
+    image = Cutout(8)(torch.ones(3, 32, 32))
+    zeros = (image == 0).all(dim=0)
+    rows, cols = zeros.any(dim=1).sum().item(), zeros.any(dim=0).sum().item()
+    assert 0 < zeros.sum() <= 64 and rows <= 8 and cols <= 8 and zeros.sum() == rows * cols
+
+
+def test_subsets_are_seeded_and_the_same_for_every_run():
+    assert subset_indices(100, 10) == subset_indices(100, 10) and len(subset_indices(100, 10)) == 10
+    assert subset_indices(100, None) is None and subset_indices(5, 10) is None
+
+
+def test_run_image_end_to_end_on_digits_with_a_regime(tmp_path):
+    out = tmp_path / "out"
+    results = run_image.main(["--dataset", "digits", "--model", "resnet20", "--regime", "resnet44-cifar10-early",
+                              "--regime_scale", "0.0002", "--selection", "loss", "--selection_ratio", "2",
+                              "--max_train_samples", "64", "--max_eval_samples", "32", "--output_dir", str(out),
+                              "--use_cpu", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+                              "--logging_steps", "1", "--per_device_train_batch_size", "8"])
+    config = json.load(open(out / "run_config.json"))
+    assert config["training"]["max_steps"] == 9 and config["training"]["learning_rate"] == 0.1  # from the regime
+    assert config["training"]["mmr_alpha_schedule"] == "linear" and config["training"]["mmr_alpha_end"] == 1e-3
+    assert config["training"]["per_device_train_batch_size"] == 8  # the command line wins
+    assert 0 <= results["eval_accuracy"] <= 1 and results["eval_samples"] == 32 and results["train_samples"] == 64
+    history = json.load(open(out / "trainer_state.json"))["log_history"]
+    rates = [h["learning_rate"] for h in history if "learning_rate" in h]
+    assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(1e-4)  # drops at 5, 5, 6 of 9
+    alphas = [h["mmr_alpha"] for h in history if "mmr_alpha" in h]
+    assert alphas[0] == 1e-5 and alphas[-1] == 1e-3
+
+
+def test_imagefolder_without_split_folders_says_what_it_needs(tmp_path):
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(ValueError, match=r"needs a 'train' folder of class folders \(ImageFolder\); found \['cats'\]"):
+        run_image.main(["--dataset", "imagefolder", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--use_cpu"])
