@@ -31,7 +31,7 @@ IMAGE_ARMS = {"random": ["--selection", "none"], "mms-k4": ["--selection", "mms"
               "loss-k4": ["--selection", "loss", "--selection_ratio", "4"]}
 TASKS = {  # task: (data folder, settings that cap the run)
     "sst2": ("SST-2", ["--max_train_samples", "4000", "--num_train_epochs", "1", "--max_seq_length", "64"]),
-    "mrpc": ("MRPC", ["--num_train_epochs", "1", "--max_seq_length", "128"]),
+    "mrpc": ("MRPC", ["--num_train_epochs", "1", "--max_seq_length", "128", "--max_train_samples", "2000"]),
     "rte": ("RTE", ["--num_train_epochs", "1", "--max_seq_length", "128", "--max_train_samples", "1500"]),
 }
 MMR_ARMS = {"baseline": ["--mmr_alpha", "0"], "mmr1e-5": ["--mmr_alpha", "1e-5"],
