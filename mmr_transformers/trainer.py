@@ -70,17 +70,17 @@ class MMRTrainer(Trainer):
     """
 
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pargs, **kwargs):
-        settings_source = args if args is not None else TrainingArguments(output_dir="trainer_output")
-        validate_mmr_settings(settings_source)
-        self._mmr_alpha = mmr_setting(settings_source, "mmr_alpha")
-        self._mmr_alpha_end = mmr_setting(settings_source, "mmr_alpha_end")
-        self._mmr_alpha_schedule = mmr_setting(settings_source, "mmr_alpha_schedule")
+        # plain TrainingArguments (or None) get MMRTrainingArguments' defaults for the MMR fields
+        validate_mmr_settings(args)
+        self._mmr_alpha = mmr_setting(args, "mmr_alpha")
+        self._mmr_alpha_end = mmr_setting(args, "mmr_alpha_end")
+        self._mmr_alpha_schedule = mmr_setting(args, "mmr_alpha_schedule")
         self._mmr_enabled = max(self._mmr_alpha, self._mmr_alpha_end or 0.0) > 0
-        selection = mmr_setting(settings_source, "selection")
+        selection = mmr_setting(args, "selection")
         self._strategy = None if selection == "none" else get_selection_strategy(selection)
-        self._selection_ratio = mmr_setting(settings_source, "selection_ratio")
-        self._scoring_batch_size = mmr_setting(settings_source, "selection_scoring_batch_size")
-        self._classifier_module = mmr_setting(settings_source, "classifier_module")
+        self._selection_ratio = mmr_setting(args, "selection_ratio")
+        self._scoring_batch_size = mmr_setting(args, "selection_scoring_batch_size")
+        self._classifier_module = mmr_setting(args, "classifier_module")
         self._head: ClassifierHead | None = None
         self._head_owner: nn.Module | None = None
         if model is not None:
@@ -135,10 +135,10 @@ class MMRTrainer(Trainer):
         logits = logits_of(outputs)
         penalty = multi_margin_penalty(captured.features_for(logits), logits, labels, head.weight)
         alpha = self.current_mmr_alpha()
-        if self.compute_loss_func is not None:  # its loss is already scaled for accumulation; R is a batch mean
-            penalty = penalty / self.current_gradient_accumulation_steps
         self._window_means["mmr_penalty"].append(penalty.item())
         self._window_means["mmr_alpha"] = [alpha]
+        if self.compute_loss_func is not None:  # its loss is already scaled for accumulation; R is a batch mean
+            penalty = penalty / self.current_gradient_accumulation_steps
         loss = loss + alpha * penalty
         return (loss, outputs) if return_outputs else loss
 

@@ -77,12 +77,13 @@ MMR_FIELDS = (
 _DEFAULTS = {f.name: f.default for f in fields(MMRTrainingArguments) if f.name in MMR_FIELDS}
 
 
-def mmr_setting(args: TrainingArguments, name: str):
-    """An MMR field of ``args``, or its ``MMRTrainingArguments`` default when ``args`` is plain ``TrainingArguments``."""
+def mmr_setting(args: TrainingArguments | None, name: str):
+    """An MMR field of ``args``, or its ``MMRTrainingArguments`` default when ``args`` is plain ``TrainingArguments``
+    (or ``None``)."""
     return getattr(args, name, _DEFAULTS[name])
 
 
-def validate_mmr_settings(args: TrainingArguments) -> None:
+def validate_mmr_settings(args: TrainingArguments | None) -> None:
     """Check the MMR fields once, with messages that say how to fix them."""
     alpha = mmr_setting(args, "mmr_alpha")
     if alpha < 0:
