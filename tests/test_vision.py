@@ -58,10 +58,16 @@ def test_each_model_trains_through_mmr_trainer_with_each_strategy(name, head, se
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_wide_resnet_builds_and_scores():
+def test_wide_resnet_has_the_published_size_and_trains_a_selected_step(output_dir):
     model = build_model("wrn28-10", 100)
     assert find_classifier(model).name == "network.fc" and find_classifier(model).num_classes == 100
     assert 36.4e6 < sum(p.numel() for p in model.parameters()) < 36.6e6  # 36.5M
+    before = model.network.fc.weight.detach().clone()
+    args = image_args(output_dir, per_device_train_batch_size=2, max_steps=1, mmr_alpha=1e-3, selection="mms",
+                      selection_ratio=2, optim="sgd")
+    trainer = MMRTrainer(model=model, args=args, train_dataset=RandomImages(n=4, classes=100))
+    trainer.train()
+    assert trainer.state.log_history[0]["samples_trained"] == 2 and not torch.equal(model.network.fc.weight, before)
 
 
 def test_unknown_model_lists_the_choices():
