@@ -38,7 +38,7 @@ def build(args):
     return tokenizer, data
 
 
-def time_arm(name, settings, tokenizer, data, args, output_dir):
+def time_arm(settings, tokenizer, data, args, output_dir):
     torch.manual_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
     training = MMRTrainingArguments(
@@ -92,7 +92,7 @@ def main():
     for r in range(args.rounds):
         seconds = {}
         for name, settings in arms.items():
-            seconds[name], tokens[name], trainer, model = time_arm(name, settings, tokenizer, data, args,
+            seconds[name], tokens[name], trainer, model = time_arm(settings, tokenizer, data, args,
                                                                    f"/tmp/step_cost_{name}")
             if name == "plain":
                 seconds["inference"] = inference_seconds(model, trainer, args)

@@ -232,8 +232,8 @@ class MMRTrainer(Trainer):
         self._window_means.clear()
         self._window_sums.clear()
         names = sorted(means) + sorted(sums)
-        local = torch.tensor([[*(means[n] for n in sorted(means)), *(sums[n] for n in sorted(sums))]],
-                             dtype=torch.float64, device=self.args.device)
+        values = {**means, **sums}
+        local = torch.tensor([[values[name] for name in names]], dtype=torch.float64, device=self.args.device)
         gathered = self.accelerator.gather(local)
         reduced = torch.cat([gathered[:, : len(means)].mean(dim=0), gathered[:, len(means):].sum(dim=0)])
         return dict(zip(names, reduced.tolist()))
