@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import importlib.util
 import os
+import statistics
 import time
 
 import datasets
+import torch
 from transformers import TrainerCallback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,3 +75,47 @@ class StepClock(TrainerCallback):
     def step_seconds(self, skip: int = 1) -> list[float]:
         """Per-step seconds, the first ``skip`` (warm-up) steps left out."""
         return [b - a for a, b in zip(self.marks, self.marks[1:])][skip:]
+
+
+CPU_LOCK = "/tmp/mmr-transformers-cpu.lock"
+
+
+@contextlib.contextmanager
+def exclusive_cpu(path: str = CPU_LOCK):
+    """Hold an exclusive lock while timing; wrap other CPU work in ``flock {CPU_LOCK} <command>`` to wait for it."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class OthersLoad:
+    """Share of the machine's CPU time used by *other* processes between ``start()`` and ``stop()``."""
+
+    def start(self):
+        self._busy, self._total = _cpu_times()
+        self._own = sum(os.times()[:4])
+        return self
+
+    def stop(self) -> float:
+        busy, total = _cpu_times()
+        own_ticks = (sum(os.times()[:4]) - self._own) * os.sysconf("SC_CLK_TCK")
+        return max(0.0, (busy - self._busy - own_ticks) / max(total - self._total, 1))
+
+
+def inference_seconds(model, trainer, batches: int) -> float:
+    """Median time of one no-grad eval-mode forward of a train batch (as plain training sees them), the first
+    of ``batches + 1`` left out as warm-up."""
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i, batch in enumerate(trainer.get_train_dataloader()):
+            if i > batches:
+                break
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "label")}
+            start = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])

@@ -18,13 +18,12 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import StepClock, minilm_path, require_quiet_machine, sst2_sentences  # noqa: E402
+from common import StepClock, inference_seconds, minilm_path, require_quiet_machine, sst2_sentences  # noqa: E402
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
 
@@ -55,22 +54,6 @@ def time_arm(settings, tokenizer, data, args, output_dir):
     return statistics.median(clock.step_seconds()), tokens_per_step, trainer, model
 
 
-def inference_seconds(model, trainer, args):
-    """Median time of one no-grad eval-mode forward of b samples, batches as the plain arm sees them."""
-    model.eval()
-    loader = trainer.get_train_dataloader()
-    times = []
-    with torch.inference_mode():
-        for i, batch in enumerate(loader):
-            if i > args.steps:
-                break
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            start = time.perf_counter()
-            model(**inputs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -95,7 +78,7 @@ def main():
             seconds[name], tokens[name], trainer, model = time_arm(settings, tokenizer, data, args,
                                                                    f"/tmp/step_cost_{name}")
             if name == "plain":
-                seconds["inference"] = inference_seconds(model, trainer, args)
+                seconds["inference"] = inference_seconds(model, trainer, args.steps)
         rounds.append(seconds)
         print(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in seconds.items()), flush=True)
 

@@ -1,0 +1,374 @@
+"""Time to accuracy at equal wall-clock compute (the protocol of Kaddour et al., "No Train No Gain", NeurIPS 2023).
+
+Every run of an arm gets a wall-time *budget*; its learning rate warms up over the first ``warmup`` share of
+the budget and then decays linearly to zero exactly when the budget is spent (the schedule reads the clock,
+not the step counter), training stops there, and the final model is evaluated once. Budgets lie on a
+geometric grid. An arm's *time to target* is the smallest budget whose final accuracy reaches the target
+(``grid``), and the log-linear interpolation between the last budget below the target and the first at or
+above it (``interpolated``). Seeds are paired: seed ``s`` gives every arm the same initial head and the same
+data order. A run is only recorded if other processes used at most 15% of the CPU while it trained; timing
+takes an exclusive lock (wrap other work in ``flock /tmp/mmr-transformers-cpu.lock ...`` to queue behind it).
+
+One JSON per run under ``docs/results/time-to-accuracy/<workload>/``; existing runs are skipped, so the
+same command resumes a study. ``report`` prints the per-arm table and writes a summary JSON and a PNG.
+
+    python benchmarks/time_to_accuracy.py run --workload sst2 --arms random mms mms-int8 --budgets 160 320 --seeds 0 1 2
+    python benchmarks/time_to_accuracy.py report --workload sst2
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    TrainerCallback,
+    set_seed,
+)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    REPO,
+    OthersLoad,
+    busy_fraction,
+    exclusive_cpu,
+    inference_seconds,
+    minilm_path,
+    require_quiet_machine,
+    sst2_sentences,
+)
+
+from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
+
+RESULTS = os.path.join(REPO, "docs", "results", "time-to-accuracy")
+MAX_OTHERS_LOAD = 0.15
+
+
+class BudgetClock(TrainerCallback):
+    """Training wall time against a budget: stops training once ``budget_seconds`` are spent."""
+
+    def __init__(self, budget_seconds: float):
+        self.budget_seconds = budget_seconds
+        self.started: float | None = None
+        self.stopped: float | None = None
+
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.stopped or time.perf_counter()) - self.started
+
+    def fraction(self) -> float:
+        return min(1.0, self.elapsed() / self.budget_seconds)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.stopped = time.perf_counter(), None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.elapsed() >= self.budget_seconds:
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stopped = time.perf_counter()
+
+
+def budget_lr_factor(fraction: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` of the budget, then linear decay to 0 at the budget."""
+    if fraction < warmup:
+        return fraction / warmup
+    return max(0.0, (1.0 - fraction) / (1.0 - warmup))
+
+
+def budget_scheduler(optimizer, clock: BudgetClock, warmup: float):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: budget_lr_factor(clock.fraction(), warmup))
+
+
+# ---- workloads ----------------------------------------------------------------------------------------
+
+@dataclass
+class Workload:
+    name: str
+    targets: tuple[float, ...]
+    batch_size: int
+    warmup: float
+    scoring_short: dict  # the MMRTrainingArguments fields of the "shorter inputs for scoring" arm
+    extra_args: dict = field(default_factory=dict)
+
+    def accuracy(self, prediction) -> dict[str, float]:
+        return {"accuracy": float(np.mean(np.argmax(prediction.predictions, axis=1) == prediction.label_ids))}
+
+
+class SST2(Workload):
+    """Pretrained MiniLM-L6 (BERT architecture) on real SST-2: all 67,349 training phrases, the 872 dev sentences."""
+
+    def __init__(self):
+        super().__init__("sst2", (0.85, 0.88), batch_size=32, warmup=0.06,
+                         scoring_short={"selection_scoring_max_length": 16})
+
+    def data(self):
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+
+        def tokenize(split):
+            data = sst2_sentences(split, seed=0)
+            data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=64), batched=True)
+            return data.remove_columns(["sentence"]).rename_column("label", "labels")
+
+        return tokenize("train"), tokenize("dev"), DataCollatorWithPadding(tokenizer)
+
+    def model_and_optimizer(self):
+        model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+        return model, torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
+
+
+class CIFAR10(Workload):
+    """ResNet-20 on the real CIFAR-10 JPEGs (50,000 train with crop and flip, 10,000 test)."""
+
+    def __init__(self):
+        super().__init__("cifar10", (0.80,), batch_size=128, warmup=0.02,
+                         scoring_short={"selection_scoring_image_scale": 0.5},
+                         extra_args={"remove_unused_columns": False, "dataloader_num_workers": 1})
+
+    def data(self):
+        sys.path.insert(0, os.path.join(REPO, "scripts"))
+        from study import unpack_cifar_jpegs
+
+        from mmr_transformers.image_data import load_image_datasets
+
+        train, test, _ = load_image_datasets("imagefolder", unpack_cifar_jpegs())
+        return train, test, None
+
+    def model_and_optimizer(self):
+        from mmr_transformers.vision import build_model
+
+        model = build_model("resnet20", 10)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+WORKLOADS = {w.name: w for w in (SST2(), CIFAR10())}
+
+# Arms: MMRTrainingArguments settings on top of plain training (MMR off everywhere: this measures selection).
+ARMS: dict[str, dict] = {
+    "random": {},
+    "random-subset": {"selection": "random", "selection_ratio": 4},
+    "mms": {"selection": "mms", "selection_ratio": 4},
+    "loss": {"selection": "loss", "selection_ratio": 4},
+    "mms-k2": {"selection": "mms", "selection_ratio": 2},
+    "mms-k8": {"selection": "mms", "selection_ratio": 8},
+    "mms-int8": {"selection": "mms", "selection_ratio": 4, "selection_scorer": "int8"},
+    "mms-short": {"selection": "mms", "selection_ratio": 4, "scoring_short": True},
+    "mms-cached": {"selection": "mms", "selection_ratio": 4, "selection_source": "cached"},
+}
+
+
+def arm_settings(workload: Workload, arm: str) -> dict:
+    settings = dict(ARMS[arm])
+    if settings.pop("scoring_short", False):
+        settings.update(workload.scoring_short)
+    return settings
+
+
+# ---- one run ------------------------------------------------------------------------------------------
+
+def run_one(workload: Workload, arm: str, budget: float, seed: int, data) -> dict:
+    train, evaluation, collator = data
+    set_seed(seed)
+    model, optimizer = workload.model_and_optimizer()
+    clock = BudgetClock(budget)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = MMRTrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=workload.batch_size, per_device_eval_batch_size=256,
+            max_steps=10**7, mmr_alpha=0.0, seed=seed, logging_steps=25, save_strategy="no", report_to=[],
+            disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **workload.extra_args,
+            **arm_settings(workload, arm),
+        )
+        trainer = MMRTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                             data_collator=collator, compute_metrics=workload.accuracy,
+                             optimizers=(optimizer, budget_scheduler(optimizer, clock, workload.warmup)),
+                             callbacks=[clock])
+        load = OthersLoad().start()
+        trainer.train()
+        others = load.stop()
+        metrics = trainer.evaluate()
+        steps = trainer.state.global_step
+        record = {
+            "workload": workload.name, "arm": arm, "budget_seconds": budget, "seed": seed,
+            "settings": arm_settings(workload, arm),
+            "accuracy": metrics["eval_accuracy"],
+            "train_seconds": clock.elapsed(), "steps": steps, "step_seconds": clock.elapsed() / max(steps, 1),
+            "cpu_load_by_others": round(others, 4),
+            "log_history": trainer.state.log_history,
+        }
+        if arm == "random":  # the per-step cost's ideal: 1 + k · (inference of b) / (train step of b)
+            record["inference_over_train_step"] = inference_seconds(model, trainer, 8) / record["step_seconds"]
+    return record
+
+
+def run(args):
+    workload = WORKLOADS[args.workload]
+    out_dir = os.path.join(args.results, workload.name)
+    os.makedirs(out_dir, exist_ok=True)
+    require_quiet_machine(args.force)
+    data = workload.data()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    for budget in args.budgets:
+        for seed in args.seeds:
+            for arm in args.arms:
+                path = os.path.join(out_dir, f"{arm}-budget{budget:g}-seed{seed}.json")
+                if os.path.exists(path):
+                    continue
+                for attempt in range(args.attempts):
+                    with exclusive_cpu():
+                        wait_for_quiet(args)
+                        started = time.time()
+                        record = run_one(workload, arm, budget, seed, data)
+                    record.update(command="python " + " ".join(sys.argv), commit=commit,
+                                  torch_threads=torch.get_num_threads(), wall_seconds=time.time() - started,
+                                  device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+                    summary = (f"{arm} budget {budget:g}s seed {seed}: acc {record['accuracy']:.4f}, "
+                               f"{record['steps']} steps, {record['step_seconds']:.3f} s/step, "
+                               f"others {record['cpu_load_by_others']:.0%}")
+                    if record["cpu_load_by_others"] <= MAX_OTHERS_LOAD or args.force:
+                        with open(path, "w") as f:
+                            json.dump(record, f, indent=1)
+                        print(summary, flush=True)
+                        break
+                    print(f"DISCARDED (machine busy): {summary}", flush=True)
+
+
+def wait_for_quiet(args, patience_seconds: float = 600):
+    """Wait until other processes leave the CPU (refuse after ``patience_seconds``)."""
+    deadline = time.time() + patience_seconds
+    while not args.force and busy_fraction() > MAX_OTHERS_LOAD:
+        if time.time() > deadline:
+            raise SystemExit("machine stayed busy for 10 minutes; refusing to time on it")
+        time.sleep(10)
+
+
+# ---- report -------------------------------------------------------------------------------------------
+
+def time_to_target(points: list[tuple[float, float]], target: float) -> dict:
+    """``points`` = (budget, final accuracy), any order. ``grid``: smallest budget reaching ``target``;
+    ``interpolated``: log-linear between the budget before it and it (``grid`` when the first budget reaches
+    it, ``censored='below'``); ``None`` with ``censored='above'`` when no budget does."""
+    points = sorted(points)
+    for i, (budget, accuracy) in enumerate(points):
+        if accuracy >= target:
+            if i == 0:
+                return {"grid": budget, "interpolated": budget, "censored": "below" if len(points) > 1 else None}
+            (b0, a0) = points[i - 1]
+            share = (target - a0) / (accuracy - a0)
+            return {"grid": budget, "interpolated": math.exp(math.log(b0) + share * (math.log(budget) - math.log(b0))),
+                    "censored": None}
+    return {"grid": None, "interpolated": None, "censored": "above"}
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)} if values else None
+
+
+def report(args):
+    workload = WORKLOADS[args.workload]
+    records = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.results, workload.name, "*.json")))]
+    if not records:
+        raise SystemExit(f"no runs under {os.path.join(args.results, workload.name)}")
+    by = {}
+    for r in records:
+        by.setdefault(r["arm"], {}).setdefault(r["seed"], {})[r["budget_seconds"]] = r
+    random_arm = by.get("random", {})
+    inference = [r["inference_over_train_step"] for seeds in random_arm.values() for r in seeds.values()
+                 if "inference_over_train_step" in r]
+    inference_ratio = statistics.median(inference) if inference else None
+    summary = {"workload": workload.name, "inference_over_train_step": inference_ratio, "arms": {}}
+    for arm, seeds in by.items():
+        entry = {"runs": sum(len(b) for b in seeds.values()), "accuracy": {}, "targets": {}}
+        for budget in sorted({b for runs in seeds.values() for b in runs}):
+            entry["accuracy"][f"{budget:g}"] = spread([runs[budget]["accuracy"] for runs in seeds.values() if budget in runs])
+        step_ratios = [runs[b]["step_seconds"] / random_arm[s][b]["step_seconds"]
+                       for s, runs in seeds.items() for b in runs if b in random_arm.get(s, {})]
+        entry["step_cost_over_random"] = spread(step_ratios)
+        k = ARMS[arm].get("selection_ratio")
+        entry["ideal_step_cost"] = 1 + k * inference_ratio if k and inference_ratio else None
+        for target in workload.targets:
+            per_seed, ratios = {}, []
+            for seed, runs in seeds.items():
+                mine = time_to_target([(b, r["accuracy"]) for b, r in runs.items()], target)
+                per_seed[seed] = mine
+                base = time_to_target([(b, r["accuracy"]) for b, r in random_arm.get(seed, {}).items()], target)
+                if mine["interpolated"] and base["interpolated"]:
+                    ratios.append(mine["interpolated"] / base["interpolated"])
+            entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios)}
+        summary["arms"][arm] = entry
+    path = os.path.join(args.results, f"{workload.name}-summary.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    print(markdown_table(summary, workload))
+    plot(by, workload, os.path.join(args.results, f"{workload.name}.png"))
+
+
+def markdown_table(summary: dict, workload: Workload) -> str:
+    def fmt(s, digits=2):
+        return "n/a" if not s else f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}] (n={s['n']})"
+
+    head = "| arm | " + " | ".join(f"time to {t:g} / random's" for t in workload.targets) + \
+           " | step cost / random's | ideal | runs |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for arm, e in summary["arms"].items():
+        cells = [fmt(e["targets"][f"{t:g}"]["ratio_to_random"]) for t in workload.targets]
+        ideal = f"{e['ideal_step_cost']:.2f}" if e["ideal_step_cost"] else ""
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt(e['step_cost_over_random'])} | {ideal} | {e['runs']} |")
+    return "\n".join(lines)
+
+
+def plot(by: dict, workload: Workload, path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, seeds in sorted(by.items()):
+        budgets = sorted({b for runs in seeds.values() for b in runs})
+        values = [[runs[b]["accuracy"] for runs in seeds.values() if b in runs] for b in budgets]
+        mean = [np.mean(v) for v in values]
+        ax.errorbar(budgets, mean, yerr=[[m - min(v) for m, v in zip(mean, values)], [max(v) - m for m, v in zip(mean, values)]],
+                    marker="o", capsize=3, label=arm)
+    for target in workload.targets:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall-time budget (s); LR decays to 0 at the budget")
+    ax.set_ylabel("final accuracy (mean, min-max over seeds)")
+    ax.set_title(f"{workload.name}: accuracy at equal wall-clock compute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="sst2")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["random", "random-subset", "mms", "loss"])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[80, 160, 320, 640], help="seconds (a geometric grid)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--attempts", type=int, default=2, help="tries per run when the machine turns busy meanwhile")
+    parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--force", action="store_true", help="time even on a busy machine (results are marked)")
+    args = parser.parse_args(argv)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
