@@ -3,6 +3,8 @@
 from .heads import ClassifierHead, FeatureCapture, find_classifier
 from .margins import minimal_margin_scores, most_competitive_wrong_class, multi_margin_penalty
 from .schedules import ALPHA_SCHEDULES, alpha_at
+from .sampler import CachedScoreBatchSampler
+from .scoring import quantized_scorer, rank_agreement, shorten_for_scoring
 from .selection import SELECTION_STRATEGIES, register_selection_strategy, select_candidates
 from .trainer import MMRTrainer
 from .training_args import MMRTrainingArguments
@@ -12,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALPHA_SCHEDULES",
     "SELECTION_STRATEGIES",
+    "CachedScoreBatchSampler",
     "ClassifierHead",
     "FeatureCapture",
     "MMRTrainer",
@@ -21,6 +24,9 @@ __all__ = [
     "minimal_margin_scores",
     "most_competitive_wrong_class",
     "multi_margin_penalty",
+    "quantized_scorer",
+    "rank_agreement",
     "register_selection_strategy",
     "select_candidates",
+    "shorten_for_scoring",
 ]

@@ -91,6 +91,17 @@ def select_candidates(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Indices (ascending) of the ``num_keep`` candidates with the lowest priority under ``strategy``."""
+    return lowest(selection_priority(strategy, logits, weight, labels, generator), num_keep)
+
+
+def selection_priority(
+    strategy: str | SelectionStrategy,
+    logits: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Each candidate's priority under ``strategy`` (lowest is trained on first)."""
     if not isinstance(strategy, SelectionStrategy):
         strategy = get_selection_strategy(strategy)
     if strategy.needs_labels and labels is None:
@@ -98,9 +109,14 @@ def select_candidates(
             f"selection={strategy.name!r} ranks candidates by their labels, but the batch has no labels. "
             "Add a 'labels' column to the training data, or use a label-free strategy such as selection='mms'."
         )
-    priority = strategy.priority(logits, weight, labels, generator)
+    return strategy.priority(logits, weight, labels, generator)
+
+
+def lowest(priority: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """Indices (ascending) of the ``num_keep`` smallest priorities."""
     keep = priority.topk(min(num_keep, priority.shape[0]), largest=False, sorted=False).indices
     return keep.sort().values
+
 
 
 def batch_size_of(batch: Mapping[str, Any]) -> int:

@@ -58,6 +58,44 @@ class MMRTrainingArguments(TrainingArguments):
             "chunks of similar length, each trimmed of its padding."
         },
     )
+    selection_source: str = field(
+        default="fresh",
+        metadata={
+            "help": "Where selection scores come from: 'fresh' (score ceil(k·b) candidates per step in inference "
+            "mode) or 'cached' (each trained sample's score from its training forward, kept per dataset index; "
+            "every epoch then trains on the ceil(N/k) samples preferred by the cache, unseen ones first, with no "
+            "scoring pass; for multi-epoch training).",
+            "choices": ["fresh", "cached"],
+        },
+    )
+    selection_exploration: float = field(
+        default=0.1,
+        metadata={"help": "selection_source='cached': share of each epoch's samples drawn at random instead of by "
+                          "cached score (stale scores get refreshed)."},
+    )
+    selection_scorer: str = field(
+        default="model",
+        metadata={
+            "help": "Which model scores fresh candidates: 'model' (the model being trained) or 'int8' (a dynamically "
+            "int8-quantized copy, refreshed every selection_scorer_refresh_steps optimizer steps; CPU only).",
+            "choices": ["model", "int8"],
+        },
+    )
+    selection_scorer_refresh_steps: int = field(
+        default=20, metadata={"help": "Optimizer steps between refreshes of the int8 scoring copy."}
+    )
+    selection_scoring_max_length: int | None = field(
+        default=None, metadata={"help": "Score text candidates on their first N tokens only (default: all)."}
+    )
+    selection_scoring_image_scale: float | None = field(
+        default=None,
+        metadata={"help": "Score image candidates resized by this factor in (0, 1], e.g. 0.5 for half resolution."},
+    )
+    selection_agreement_steps: int = field(
+        default=0,
+        metadata={"help": "Every N optimizer steps also score the candidates with the full model and log the "
+                          "Spearman rank agreement of the cheap scores as 'mms_rank_agreement' (0: never)."},
+    )
     classifier_module: str | None = field(
         default=None,
         metadata={
@@ -72,7 +110,9 @@ class MMRTrainingArguments(TrainingArguments):
 
 MMR_FIELDS = (
     "mmr_alpha", "mmr_alpha_end", "mmr_alpha_schedule",
-    "selection", "selection_ratio", "selection_scoring_batch_size", "classifier_module",
+    "selection", "selection_ratio", "selection_scoring_batch_size", "selection_source", "selection_exploration",
+    "selection_scorer", "selection_scorer_refresh_steps", "selection_scoring_max_length",
+    "selection_scoring_image_scale", "selection_agreement_steps", "classifier_module",
 )
 _DEFAULTS = {f.name: f.default for f in fields(MMRTrainingArguments) if f.name in MMR_FIELDS}
 
@@ -108,3 +148,31 @@ def validate_mmr_settings(args: TrainingArguments | None) -> None:
     scoring_batch_size = mmr_setting(args, "selection_scoring_batch_size")
     if scoring_batch_size is not None and scoring_batch_size < 1:
         raise ValueError(f"selection_scoring_batch_size must be >= 1 (or unset for the train batch size); got {scoring_batch_size}.")
+    source = mmr_setting(args, "selection_source")
+    if source not in ("fresh", "cached"):
+        raise ValueError(f"Unknown selection_source {source!r}; choose 'fresh' or 'cached'.")
+    if source == "cached" and selection == "none":
+        raise ValueError("selection_source='cached' needs a selection strategy to score samples with; "
+                         "set selection='mms' (or 'loss', 'entropy').")
+    exploration = mmr_setting(args, "selection_exploration")
+    if not 0 <= exploration <= 1:
+        raise ValueError(f"selection_exploration must be in [0, 1]; got {exploration}.")
+    scorer = mmr_setting(args, "selection_scorer")
+    if scorer not in ("model", "int8"):
+        raise ValueError(f"Unknown selection_scorer {scorer!r}; choose 'model' or 'int8'.")
+    if mmr_setting(args, "selection_scorer_refresh_steps") < 1:
+        raise ValueError(f"selection_scorer_refresh_steps must be >= 1; got {mmr_setting(args, 'selection_scorer_refresh_steps')}.")
+    max_length = mmr_setting(args, "selection_scoring_max_length")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"selection_scoring_max_length must be >= 1 (or unset for full inputs); got {max_length}.")
+    scale = mmr_setting(args, "selection_scoring_image_scale")
+    if scale is not None and not 0 < scale <= 1:
+        raise ValueError(f"selection_scoring_image_scale must be in (0, 1] (0.5 = half resolution); got {scale}.")
+    if mmr_setting(args, "selection_agreement_steps") < 0:
+        raise ValueError(f"selection_agreement_steps must be >= 0 (0: never); got {mmr_setting(args, 'selection_agreement_steps')}.")
+    cheap = [name for name, default in (("selection_scorer", "model"), ("selection_scoring_max_length", None),
+                                        ("selection_scoring_image_scale", None), ("selection_agreement_steps", 0))
+             if mmr_setting(args, name) != default]
+    if cheap and (selection == "none" or source == "cached"):
+        raise ValueError(f"{', '.join(cheap)} set the fresh scoring pass, which runs only with selection != 'none' and "
+                         f"selection_source='fresh' (got selection={selection!r}, selection_source={source!r}).")

@@ -1,0 +1,139 @@
+"""Selection from cached scores: the margins of the training forward pass, kept per sample, choose the next pass.
+
+Fresh selection (``MMRTrainer`` with ``selection_source="fresh"``) pays an inference pass over ``k·b``
+candidates per step. Over several epochs the training forward already computes every trained sample's
+score; :class:`CachedScoreBatchSampler` stores it per dataset index and plans each pass from the cache, so
+selection costs nothing beyond bookkeeping. Scores are stale by up to the passes since a sample was last
+seen, which is why a share of each pass is explored at random and unseen samples come first.
+
+Pure PyTorch: a ``torch.utils.data.Sampler`` of index batches with a ``state_dict`` for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class CachedScoreBatchSampler(Sampler[list[int]]):
+    """Batches of the ``ceil(N/k)`` samples a pass trains on, chosen from cached priorities (lowest first).
+
+    Each pass (one iteration over the sampler) keeps ``ceil(N / ratio)`` of the ``N`` samples:
+    a share ``1 - exploration`` in priority order (never-scored samples first, then the lowest cached
+    score; ties in random order), the rest uniformly at random from the remaining samples. The kept
+    samples are shuffled into batches of ``batch_size``. ``update(indices, scores)`` writes fresh scores.
+
+    The plan of a pass is fixed when the pass starts, from the cache and the sampler's own generator, so
+    processes holding the same cache plan the same global batches, and a restored ``state_dict``
+    replays the interrupted pass exactly.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, ratio: float, exploration: float = 0.1, seed: int = 0,
+                 drop_last: bool = False):
+        if num_samples < 1:
+            raise ValueError(f"the cached-score sampler needs a non-empty dataset; got {num_samples} samples.")
+        if not ratio >= 1:
+            raise ValueError(f"ratio must be >= 1 (a pass trains on 1/ratio of the samples); got {ratio}.")
+        if not 0 <= exploration <= 1:
+            raise ValueError(f"exploration must be in [0, 1] (the random share of each pass); got {exploration}.")
+        self.num_samples, self.batch_size, self.ratio = num_samples, batch_size, ratio
+        self.exploration, self.drop_last = exploration, drop_last
+        self.scores = torch.full((num_samples,), float("nan"), dtype=torch.float64)  # NaN: never scored
+        self.generator = torch.Generator().manual_seed(seed)
+        self.passes = 0
+        self.plan: list[list[int]] = []
+        self.batches_consumed = 0  # of the current plan, counted by ``consumed``
+        self._replay = False
+
+    @property
+    def samples_per_pass(self) -> int:
+        return math.ceil(self.num_samples / self.ratio)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.samples_per_pass, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self):
+        if not self._replay:
+            self.plan, self.batches_consumed = self._plan_pass(), 0
+            self.passes += 1
+        self._replay = False
+        yield from self.plan
+
+    def _plan_pass(self) -> list[list[int]]:
+        n, keep = self.num_samples, self.samples_per_pass
+        explore = round(self.exploration * keep)
+        shuffled = torch.randperm(n, generator=self.generator)  # random order among equal priorities
+        priority = self.scores[shuffled].nan_to_num(nan=float("-inf"))
+        ranked = shuffled[priority.argsort(stable=True)]
+        chosen, rest = ranked[: keep - explore], ranked[keep - explore:]
+        explored = rest[torch.randperm(len(rest), generator=self.generator)[:explore]]
+        chosen = torch.cat([chosen, explored])
+        chosen = chosen[torch.randperm(len(chosen), generator=self.generator)].tolist()
+        batches = [chosen[i: i + self.batch_size] for i in range(0, len(chosen), self.batch_size)]
+        return batches[: len(self)]
+
+    def update(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
+        """Cache ``scores[j]`` for sample ``indices[j]`` (negative indices, e.g. padding, are ignored)."""
+        indices, scores = indices.detach().cpu().long(), scores.detach().cpu().double()
+        valid = indices >= 0
+        self.scores[indices[valid]] = scores[valid]
+
+    def consumed(self, batches: int = 1) -> None:
+        """Mark ``batches`` of the current plan as trained on (all processes together)."""
+        self.batches_consumed += batches
+
+    def coverage(self) -> float:
+        """Share of the samples with a cached score."""
+        return float((~self.scores.isnan()).double().mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": self.scores.clone(), "generator": self.generator.get_state(), "passes": self.passes,
+                "plan": [list(b) for b in self.plan], "batches_consumed": self.batches_consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint; an unfinished pass is replayed (the Trainer skips its trained batches)."""
+        if state["scores"].shape != self.scores.shape:
+            raise ValueError(
+                f"the checkpoint's sampler cached scores for {state['scores'].shape[0]} samples but the training set "
+                f"has {self.num_samples}; resume with the same training data."
+            )
+        self.scores = state["scores"].clone()
+        self.generator.set_state(state["generator"])
+        self.passes, self.plan = state["passes"], [list(b) for b in state["plan"]]
+        self.batches_consumed = state["batches_consumed"]
+        self._replay = bool(self.plan) and self.batches_consumed < len(self.plan)
+
+
+class IndexedDataset(Dataset):
+    """``dataset[i]`` (a dict) plus its index under ``key``, so a batch says which samples it holds."""
+
+    def __init__(self, dataset, key: str):
+        self.dataset, self.key = dataset, key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        if not isinstance(item, dict):
+            raise TypeError(
+                f"the cached-score sampler needs dataset items that are dicts (e.g. a datasets.Dataset or "
+                f"{{'pixel_values', 'labels'}}); item {i} is a {type(item).__name__}."
+            )
+        return {**item, self.key: i}
+
+
+class IndexedCollator:
+    """Collate the items without their index, then add the indices as a tensor under ``key``."""
+
+    def __init__(self, collator, key: str):
+        self.collator, self.key = collator, key
+
+    def __call__(self, features: list[dict]) -> dict:
+        indices = torch.tensor([f[self.key] for f in features], dtype=torch.long)
+        batch = self.collator([{k: v for k, v in f.items() if k != self.key} for f in features])
+        return {**batch, self.key: indices}

@@ -1,0 +1,112 @@
+"""Cheaper fresh scoring: the int8 scorer, shorter inputs, and their rank agreement with the full model."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from conftest import row_key, tiny_model, token_dataset
+from recording import RecordingTrainer
+from mmr_transformers import MMRTrainer, minimal_margin_scores
+from mmr_transformers.scoring import quantized_scorer, rank_agreement, shorten_for_scoring
+from test_trainer import classifier_linear, independent_features, make_args
+
+# The int8 copy must order candidates like the fp32 model: Spearman >= this on a tiny random BERT.
+INT8_AGREEMENT = 0.9
+
+
+def test_rank_agreement_is_spearmans_rho():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, generator=g)
+    b = a + 0.7 * torch.randn(50, generator=g)
+    assert rank_agreement(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-12)
+    assert rank_agreement(a, a * 3 + 1) == pytest.approx(1.0) and rank_agreement(a, -a) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="two 1-D vectors of equal length"):
+        rank_agreement(a, b[:10])
+
+
+def test_the_int8_copy_ranks_candidates_like_the_full_model():
+    # initializer_range 0.2: at the default 0.02 a random tiny model's margins differ by under 1% across
+    # samples, below int8 resolution, so no scorer could rank them; a trained model's margins are spread.
+    model = tiny_model("bert", dropout=False, initializer_range=0.2).eval()
+    batch = {k: torch.tensor(v) for k, v in token_dataset(128).to_dict().items() if k != "labels"}
+    scorer = quantized_scorer(model)
+    weight = model.classifier.weight
+    with torch.no_grad():
+        full = minimal_margin_scores(model(**batch).logits, weight)
+        cheap = minimal_margin_scores(scorer(**batch).logits, weight)
+    assert rank_agreement(cheap, full) >= INT8_AGREEMENT
+    assert not torch.equal(cheap, full)  # it really is a different (quantized) computation
+    assert type(model.classifier) is torch.nn.Linear and type(scorer.classifier) is not torch.nn.Linear
+
+
+def test_text_keeps_the_real_tokens_on_either_padding_side():
+    ids = torch.arange(1, 13).reshape(2, 6)
+    right = {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]), "labels": torch.tensor([0, 1])}
+    short = shorten_for_scoring(right, max_length=4)
+    assert short["input_ids"].tolist() == [[1, 2, 3, 4], [7, 8, 9, 10]] and short["labels"].tolist() == [0, 1]
+    left = {"input_ids": ids, "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])}
+    assert shorten_for_scoring(left, max_length=3)["input_ids"].tolist() == [[4, 5, 6], [10, 11, 12]]
+    assert shorten_for_scoring(right, max_length=10) is right
+
+
+def test_images_are_scored_at_the_requested_resolution():
+    images = torch.rand(3, 3, 32, 32)
+    half = shorten_for_scoring({"pixel_values": images, "labels": torch.zeros(3)}, image_scale=0.5)["pixel_values"]
+    assert half.shape == (3, 3, 16, 16)
+    # antialiased: each output pixel is a weighted mean over its 2x2 block and neighbours, so it matches
+    # a box-filtered image far better than plain subsampling does
+    box = F.avg_pool2d(images, 2)
+    assert (half - box).abs().mean() < (images[..., ::2, ::2] - box).abs().mean() / 2
+    constant = torch.full((1, 3, 32, 32), 0.3)
+    assert torch.allclose(shorten_for_scoring({"pixel_values": constant}, image_scale=0.5)["pixel_values"], constant[..., :16, :16])
+
+
+def test_short_scoring_selects_the_lowest_margins_of_the_truncated_candidates(output_dir):
+    data = token_dataset(96, variable_length=True)
+    model = tiny_model("bert", initializer_range=1.0)
+    args = make_args(output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=3, max_steps=3,
+                     selection_scoring_max_length=4, selection_agreement_steps=1)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    scorer = tiny_model("bert", initializer_range=1.0).eval()
+    for record in trainer.selections:
+        scorer.load_state_dict(record["weights"])
+        candidates = record["candidates"]
+        with torch.no_grad():
+            phi = independent_features(scorer, {k: v[:, :4] for k, v in candidates.items() if k != "labels"})
+        weight = classifier_linear(scorer).weight.detach().double().numpy()
+        logits = phi.double().numpy() @ weight.T
+        top2 = np.argsort(-logits, axis=1)[:, :2]
+        margins = [(row[i] - row[j]) / np.linalg.norm(weight[i] - weight[j]) for row, (i, j) in zip(logits, top2)]
+        lowest = np.argsort(margins)[:4]
+        assert sorted(record["selected"]) == sorted(row_key(candidates["input_ids"][i]) for i in lowest)
+        full = [row_key(r) for r in candidates["input_ids"]]
+        assert all(key in full for key in record["selected"])  # trained on the full rows, not the truncated ones
+    agreement = [h["mms_rank_agreement"] for h in trainer.state.log_history if "mms_rank_agreement" in h]
+    assert len(agreement) == 3 and all(-1 <= a < 1 for a in agreement)  # 4 of 8 tokens: not the full ranking
+
+
+def test_the_int8_scorer_is_rebuilt_every_refresh_steps_and_logs_its_agreement(output_dir):
+    args = make_args(output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=2, max_steps=5, logging_steps=5,
+                     selection_scorer="int8", selection_scorer_refresh_steps=2, selection_agreement_steps=1)
+    model = tiny_model("bert", dropout=False, initializer_range=0.2)
+    trainer = MMRTrainer(model=model, args=args, train_dataset=token_dataset(64))
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["scorer_refreshes"] == 3 and trainer._int8_scorer[2] == 4  # built at steps 0, 2, 4
+    assert log["mms_rank_agreement"] >= INT8_AGREEMENT
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(selection_scorer="int8"), r"selection_scorer set the fresh scoring pass, which runs only with selection != 'none'"),
+    (dict(selection="mms", selection_scoring_image_scale=1.5), r"selection_scoring_image_scale must be in \(0, 1\]"),
+    (dict(selection="mms", selection_scoring_max_length=0), r"selection_scoring_max_length must be >= 1"),
+    (dict(selection="mms", selection_scorer="fp8"), r"Unknown selection_scorer 'fp8'; choose 'model' or 'int8'"),
+    (dict(selection="mms", selection_scorer_refresh_steps=0), r"selection_scorer_refresh_steps must be >= 1"),
+    (dict(selection="mms", selection_source="cached", selection_scorer="int8"), r"selection_source='cached'\)"),
+])
+def test_bad_cheap_scoring_settings_are_refused_by_message(settings, message, output_dir):
+    with pytest.raises(ValueError, match=message):
+        make_args(output_dir, **settings)
