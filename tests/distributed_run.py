@@ -1,6 +1,7 @@
 """Train a tiny BERT with MMR + MMS selection; run by test_distributed.py plainly and under `accelerate launch`.
 
-Each process writes ``selections-rank{R}.json`` (the rows it trained on, step by step); the main process
+Each process writes ``selections-rank{R}.json`` (fresh selection: the rows it selected, step by step) and
+``trained-rank{R}.json`` (the rows of every trained micro-batch, and the cached scores); the main process
 saves the final model and the log history.
 """
 
@@ -25,6 +26,9 @@ def main():
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, f"selections-rank{args.process_index}.json"), "w") as f:
         json.dump([{"step": r["step"], "selected": r["selected"]} for r in trainer.selections], f)
+    with open(os.path.join(args.output_dir, f"trained-rank{args.process_index}.json"), "w") as f:
+        cache = trainer._sampler.scores.tolist() if trainer._sampler is not None else None
+        json.dump({"trained": trainer.trained, "cached_scores": cache}, f)
     if trainer.is_world_process_zero():
         trainer.save_model(os.path.join(args.output_dir, "final"))
         with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:

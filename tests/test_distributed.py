@@ -73,3 +73,32 @@ def test_loss_and_weights_agree_with_the_single_process_run(runs):
         torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6)
     initial = tiny_model("bert", dropout=False, initializer_range=1.0).state_dict()
     assert not torch.allclose(initial["classifier.weight"], two_weights["classifier.weight"], atol=1e-3)
+
+
+CACHED = ["--selection_source", "cached", "--selection_exploration", "0.25", "--max_steps", "6"]
+
+
+@pytest.fixture(scope="module")
+def cached_runs(tmp_path_factory):
+    """Cached selection, 64 samples, k = 2, global batch 8: 4 steps per pass, so step 5 is in the second pass."""
+    base = tmp_path_factory.mktemp("cached")
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT,
+         *COMMON, *CACHED], base / "two")
+    run([sys.executable, SCRIPT, *COMMON, *CACHED, "--gradient_accumulation_steps", "2"], base / "one")
+    two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
+    return two, json.load(open(base / "one" / "trained-rank0.json"))
+
+
+def test_two_processes_keep_one_cache_and_select_the_single_process_global_batches(cached_runs):
+    two, one = cached_runs
+    assert two[0]["cached_scores"] == two[1]["cached_scores"]  # bit-identical caches on both ranks
+    torch.testing.assert_close(torch.tensor(two[0]["cached_scores"]).nan_to_num(9),
+                               torch.tensor(one["cached_scores"]).nan_to_num(9), rtol=1e-4, atol=1e-6)
+    distinct = {tuple(row) for batch in one["trained"] for row in batch}
+    assert sum(s == s for s in one["cached_scores"]) == len(distinct) > 32  # one score per sample trained on
+    for step in range(6):
+        ranks = [set(map(tuple, two[r]["trained"][step])) for r in range(2)]
+        assert not ranks[0] & ranks[1]  # no input trained twice, none moved between ranks
+        single = set(map(tuple, one["trained"][2 * step])) | set(map(tuple, one["trained"][2 * step + 1]))
+        assert ranks[0] | ranks[1] == single, step
