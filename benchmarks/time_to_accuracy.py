@@ -220,8 +220,8 @@ def run(args):
     workload = WORKLOADS[args.workload]
     out_dir = os.path.join(args.results, workload.name)
     os.makedirs(out_dir, exist_ok=True)
-    require_quiet_machine(args.force)
     with exclusive_cpu():  # preparing data is CPU work too: not while another run is timed
+        require_quiet_machine(args.force)
         data = workload.data()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     for budget in args.budgets:

@@ -11,6 +11,8 @@ since the previous training log and averaged (counts: summed) over processes:
   samples trained on.
 - ``samples_scored`` / ``samples_trained``: samples forwarded for scoring / trained on.
 - ``scoring_time_fraction``: share of the window's wall time spent scoring candidates.
+- ``mms_rank_agreement``: Spearman agreement of cheap and full-model scores (``selection_agreement_steps``).
+- ``scorer_refreshes``: rebuilds of the int8 scoring copy; ``cache_coverage``: share of samples with a cached score.
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ class MMRTrainer(Trainer):
       samples; each is scored without gradients (eval mode, so dropout is off and BatchNorm statistics
       stay untouched) and cut to the ``b`` samples the strategy prefers before the usual
       forward/backward (sequence columns that are padding in every kept row are dropped). An epoch
-      therefore scores every sample once and trains on about ``1/k`` of them.
+      therefore scores every sample once and trains on about ``1/k`` of them. The scoring pass can be
+      made cheaper: an int8 copy of the model, truncated text, downscaled images.
+    - With ``selection_source="cached"`` there is no scoring pass: a :class:`CachedScoreBatchSampler`
+      plans each epoch's ``ceil(N/k)`` samples from the scores the training forward left in its cache.
     - Sequence-classification models declare ``forward(**kwargs)`` but return a per-batch mean loss, so
       the stock ``Trainer`` would skip dividing it by the gradient-accumulation steps (and multiply it by
       the process count). ``MMRTrainer`` treats the loss as the per-batch mean it is.
