@@ -316,6 +316,8 @@ def report(args):
     with open(path, "w") as f:
         json.dump(summary, f, indent=1)
     print(markdown_table(summary, workload))
+    print()
+    print(accuracy_table(summary))
     plot(by, workload, os.path.join(args.results, f"{workload.name}.png"))
 
 
@@ -330,6 +332,15 @@ def markdown_table(summary: dict, workload: Workload) -> str:
         cells = [fmt(e["targets"][f"{t:g}"]["ratio_to_random"]) for t in workload.targets]
         ideal = f"{e['ideal_step_cost']:.2f}" if e["ideal_step_cost"] else ""
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt(e['step_cost_over_random'])} | {ideal} | {e['runs']} |")
+    return "\n".join(lines)
+
+
+def accuracy_table(summary: dict) -> str:
+    budgets = sorted({float(b) for e in summary["arms"].values() for b in e["accuracy"]})
+    lines = ["| arm | " + " | ".join(f"{b:g} s" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for arm, e in summary["arms"].items():
+        cells = [e["accuracy"].get(f"{b:g}") for b in budgets]
+        lines.append(f"| {arm} | " + " | ".join(f"{c['median']:.4f} (n={c['n']})" if c else "" for c in cells) + " |")
     return "\n".join(lines)
 
 
