@@ -263,12 +263,13 @@ def wait_for_quiet(args, patience_seconds: float = 600):
 def time_to_target(points: list[tuple[float, float]], target: float) -> dict:
     """``points`` = (budget, final accuracy), any order. ``grid``: smallest budget reaching ``target``;
     ``interpolated``: log-linear between the budget before it and it (``grid`` when the first budget reaches
-    it, ``censored='below'``); ``None`` with ``censored='above'`` when no budget does."""
+    it, ``censored='below'``: an upper bound); ``None`` with ``censored='above'`` when no budget does. Ratios
+    use uncensored times only."""
     points = sorted(points)
     for i, (budget, accuracy) in enumerate(points):
         if accuracy >= target:
             if i == 0:
-                return {"grid": budget, "interpolated": budget, "censored": "below" if len(points) > 1 else None}
+                return {"grid": budget, "interpolated": budget, "censored": "below"}  # an upper bound only
             (b0, a0) = points[i - 1]
             share = (target - a0) / (accuracy - a0)
             return {"grid": budget, "interpolated": math.exp(math.log(b0) + share * (math.log(budget) - math.log(b0))),
@@ -308,7 +309,7 @@ def report(args):
                 mine = time_to_target([(b, r["accuracy"]) for b, r in runs.items()], target)
                 per_seed[seed] = mine
                 base = time_to_target([(b, r["accuracy"]) for b, r in random_arm.get(seed, {}).items()], target)
-                if mine["interpolated"] and base["interpolated"]:
+                if mine["censored"] is None and base["censored"] is None:
                     ratios.append(mine["interpolated"] / base["interpolated"])
             entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios)}
         summary["arms"][arm] = entry
