@@ -27,17 +27,13 @@ from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_sente
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, minimal_margin_scores  # noqa: E402
 from mmr_transformers.scoring import quantized_scorer, rank_agreement, shorten_for_scoring  # noqa: E402
-from mmr_transformers.selection import length_sorted_chunks  # noqa: E402
+from mmr_transformers.selection import chunked_logits  # noqa: E402
 
 
 def pool_margins(scorer, pool: dict, weight: torch.Tensor) -> torch.Tensor:
-    """Minimal margin scores of every pool row, scored like MMRTrainer does (length-sorted chunks of 32)."""
-    n = pool["input_ids"].shape[0]
-    logits = torch.empty(n, 2)
+    """Minimal margin scores of every pool row, scored as MMRTrainer does (length-sorted chunks of 32)."""
     with torch.inference_mode():
-        for index, rows in length_sorted_chunks(pool, 32):
-            logits[index] = scorer(**rows).logits.float()
-    return minimal_margin_scores(logits, weight)
+        return minimal_margin_scores(chunked_logits(scorer, pool, 32).float(), weight)
 
 
 def lowest_quarter_overlap(a: torch.Tensor, b: torch.Tensor) -> float:

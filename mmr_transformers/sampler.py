@@ -43,7 +43,6 @@ class CachedScoreBatchSampler(Sampler[list[int]]):
         self.exploration, self.drop_last = exploration, drop_last
         self.scores = torch.full((num_samples,), float("nan"), dtype=torch.float64)  # NaN: never scored
         self.generator = torch.Generator().manual_seed(seed)
-        self.passes = 0
         self.plan: list[list[int]] = []
         self.batches_consumed = 0  # of the current plan, counted by ``consumed``
         self._replay = False
@@ -59,7 +58,6 @@ class CachedScoreBatchSampler(Sampler[list[int]]):
     def __iter__(self):
         if not self._replay:
             self.plan, self.batches_consumed = self._plan_pass(), 0
-            self.passes += 1
         self._replay = False
         yield from self.plan
 
@@ -91,7 +89,7 @@ class CachedScoreBatchSampler(Sampler[list[int]]):
         return float((~self.scores.isnan()).double().mean())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores.clone(), "generator": self.generator.get_state(), "passes": self.passes,
+        return {"scores": self.scores.clone(), "generator": self.generator.get_state(),
                 "plan": [list(b) for b in self.plan], "batches_consumed": self.batches_consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -103,7 +101,7 @@ class CachedScoreBatchSampler(Sampler[list[int]]):
             )
         self.scores = state["scores"].clone()
         self.generator.set_state(state["generator"])
-        self.passes, self.plan = state["passes"], [list(b) for b in state["plan"]]
+        self.plan = [list(b) for b in state["plan"]]
         self.batches_consumed = state["batches_consumed"]
         self._replay = bool(self.plan) and self.batches_consumed < len(self.plan)
 

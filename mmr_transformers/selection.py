@@ -172,3 +172,24 @@ def length_sorted_chunks(batch: dict[str, Any], chunk_size: int, mask_key: str =
         order = torch.arange(batch_size_of(batch))
     for index in order.split(chunk_size):
         yield index, trim_padding(take_rows(batch, index), mask_key)
+
+
+def chunked_logits(model: Callable[..., Any], batch: dict[str, Any], chunk_size: int) -> torch.Tensor:
+    """Logits of every row of ``batch`` (model inputs only), computed over :func:`length_sorted_chunks` and put
+    back in row order."""
+    logits = None
+    for index, chunk in length_sorted_chunks(batch, chunk_size):
+        chunk_logits = logits_of(model(**chunk))
+        if logits is None:
+            logits = chunk_logits.new_empty((batch_size_of(batch), chunk_logits.shape[1]))
+        logits[index.to(logits.device)] = chunk_logits
+    return logits
+
+
+def logits_of(outputs: Any) -> torch.Tensor:
+    """The logits of a model output (``ModelOutput``, dict, tuple, or a bare tensor)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict):
+        return outputs["logits"]
+    return outputs[0]

@@ -38,8 +38,9 @@ from .sampler import CachedScoreBatchSampler, IndexedCollator, IndexedDataset
 from .scoring import quantized_scorer, rank_agreement, shorten_for_scoring
 from .selection import (
     batch_size_of,
+    chunked_logits,
     get_selection_strategy,
-    length_sorted_chunks,
+    logits_of,
     lowest,
     num_to_keep,
     selection_priority,
@@ -47,15 +48,6 @@ from .selection import (
     trim_padding,
 )
 from .training_args import mmr_setting, validate_mmr_settings
-
-
-def logits_of(outputs: Any) -> torch.Tensor:
-    """The logits of a model output (``ModelOutput``, dict, tuple, or a bare tensor)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, dict):
-        return outputs["logits"]
-    return outputs[0]
 
 
 def selection_seed(seed: int, step: int, process_index: int, micro_step: int) -> int:
@@ -233,14 +225,14 @@ class MMRTrainer(Trainer):
                 labels = inputs.get("labels")
                 features = {k: v for k, v in inputs.items() if k not in self.label_names}
                 cheap = shorten_for_scoring(features, self._scoring_max_length, self._scoring_image_scale)
-                logits = self._candidate_logits(scorer, cheap, n)
+                logits = chunked_logits(scorer, cheap, self._scoring_chunk_size)
                 priority = selection_priority(self._strategy, logits, weight, labels, self._selection_generator(micro_step))
                 keep = lowest(priority, num_keep)
                 margins = minimal_margin_scores(logits, weight)
                 self._window_means["mms_candidates"].append(margins.mean().item())
                 self._window_means["mms_selected"].append(margins[keep].mean().item())
                 if self._agreement_due(micro_step):
-                    full = self._candidate_logits(live, features, n)
+                    full = chunked_logits(live, features, self._scoring_chunk_size)
                     full_priority = selection_priority(self._strategy, full, self._classifier_head().weight, labels,
                                                        self._selection_generator(micro_step))
                     self._window_means["mms_rank_agreement"].append(rank_agreement(priority, full_priority))
@@ -251,6 +243,10 @@ class MMRTrainer(Trainer):
         self._window_sums["samples_trained"] += len(keep)
         self._window_sums["scoring_seconds"] += time.perf_counter() - started
         return trim_padding(take_rows(candidates, keep))
+
+    @property
+    def _scoring_chunk_size(self) -> int:
+        return self._scoring_batch_size or self._train_batch_size
 
     def _agreement_due(self, micro_step: int) -> bool:
         return self._agreement_steps > 0 and micro_step == 0 and self.state.global_step % self._agreement_steps == 0
@@ -266,16 +262,6 @@ class MMRTrainer(Trainer):
             self._int8_scorer = (quantized_scorer(self.accelerator.unwrap_model(self.model)), weight, step)
             self._window_sums["scorer_refreshes"] += 1
         return self._int8_scorer[0], self._int8_scorer[1]
-
-    def _candidate_logits(self, scorer: nn.Module, features: dict[str, Any], n: int) -> torch.Tensor:
-        """Logits of all candidates, computed in length-sorted chunks of ``selection_scoring_batch_size`` rows."""
-        logits = None
-        for index, chunk in length_sorted_chunks(features, self._scoring_batch_size or self._train_batch_size):
-            chunk_logits = logits_of(scorer(**chunk))
-            if logits is None:
-                logits = chunk_logits.new_empty((n, chunk_logits.shape[1]))
-            logits[index.to(logits.device)] = chunk_logits
-        return logits
 
     # ---- Selection from cached scores -----------------------------------------------------------
 
