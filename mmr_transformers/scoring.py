@@ -9,21 +9,51 @@ from __future__ import annotations
 
 import copy
 import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+from torch.ao.quantization import default_dynamic_qconfig
+
+
+@contextmanager
+def _quiet_torch_ao():
+    """torch.ao.quantization announces its move to torchao; it still works in this torch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        yield
 
 
 def quantized_scorer(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` whose ``nn.Linear`` layers are dynamically quantized to int8 (CPU only):
     weights stored in int8, activations quantized on the fly. ``model`` itself is left untouched."""
     scorer = copy.deepcopy(model).eval()
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works here
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    with _quiet_torch_ao():
         return torch.ao.quantization.quantize_dynamic(scorer, {nn.Linear}, dtype=torch.qint8)
+
+
+def refresh_quantized_scorer(scorer: nn.Module, model: nn.Module) -> nn.Module:
+    """Bring a :func:`quantized_scorer` copy up to ``model``'s current weights, in place, as a new copy would be:
+    each int8 layer re-quantizes its float twin (per-tensor symmetric min/max, as ``quantize_dynamic``), every
+    other parameter and buffer is copied. No deep copy and no module swap, so refreshing every step is cheap."""
+    live_modules = dict(model.named_modules())
+    live_tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad(), _quiet_torch_ao():
+        for name, module in scorer.named_modules():
+            if isinstance(module, DynamicInt8Linear):
+                source = live_modules[name]
+                observer = default_dynamic_qconfig.weight()
+                observer(source.weight)
+                scale, zero_point = observer.calculate_qparams()
+                weight = torch.quantize_per_tensor(source.weight.float(), float(scale), int(zero_point), torch.qint8)
+                module.set_weight_bias(weight, None if source.bias is None else source.bias.detach().clone())
+        for name, tensor in list(scorer.named_parameters()) + list(scorer.named_buffers()):
+            tensor.copy_(live_tensors[name])
+    return scorer
 
 
 def rank_agreement(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -35,7 +35,7 @@ from .heads import ClassifierHead, check_classification_head, find_classifier
 from .margins import minimal_margin_scores, multi_margin_penalty
 from .schedules import alpha_at
 from .sampler import CachedScoreBatchSampler, IndexedCollator, IndexedDataset
-from .scoring import quantized_scorer, rank_agreement, shorten_for_scoring
+from .scoring import quantized_scorer, rank_agreement, refresh_quantized_scorer, shorten_for_scoring
 from .selection import (
     batch_size_of,
     chunked_logits,
@@ -253,13 +253,15 @@ class MMRTrainer(Trainer):
 
     def _scorer(self, live: nn.Module) -> tuple[nn.Module, torch.Tensor]:
         """The model that scores candidates and its classifier weight: the live model, or its int8 copy
-        (rebuilt every ``selection_scorer_refresh_steps`` optimizer steps)."""
+        (brought up to date every ``selection_scorer_refresh_steps`` optimizer steps)."""
         if self._scorer_kind == "model":
             return live, self._classifier_head().weight
         step = self.state.global_step
         if self._int8_scorer is None or step - self._int8_scorer[2] >= self._scorer_refresh_steps:
+            model = self.accelerator.unwrap_model(self.model)
             weight = self._classifier_head().weight.detach().clone()
-            self._int8_scorer = (quantized_scorer(self.accelerator.unwrap_model(self.model)), weight, step)
+            scorer = quantized_scorer(model) if self._int8_scorer is None else refresh_quantized_scorer(self._int8_scorer[0], model)
+            self._int8_scorer = (scorer, weight, step)
             self._window_sums["scorer_refreshes"] += 1
         return self._int8_scorer[0], self._int8_scorer[1]
 

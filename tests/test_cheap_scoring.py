@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from conftest import row_key, tiny_model, token_dataset
 from recording import RecordingTrainer
 from mmr_transformers import MMRTrainer, minimal_margin_scores
-from mmr_transformers.scoring import quantized_scorer, rank_agreement, shorten_for_scoring
+from mmr_transformers.scoring import quantized_scorer, rank_agreement, refresh_quantized_scorer, shorten_for_scoring
 from test_trainer import classifier_linear, independent_features, make_args
 
 # The int8 copy must order candidates like the fp32 model: Spearman >= this on a tiny random BERT.
@@ -39,6 +39,21 @@ def test_the_int8_copy_ranks_candidates_like_the_full_model():
     assert rank_agreement(cheap, full) >= INT8_AGREEMENT
     assert not torch.equal(cheap, full)  # it really is a different (quantized) computation
     assert type(model.classifier) is torch.nn.Linear and type(scorer.classifier) is not torch.nn.Linear
+
+
+def test_refreshing_the_int8_copy_in_place_equals_building_a_new_one():
+    model = tiny_model("bert", dropout=False, initializer_range=0.2).eval()
+    batch = {k: torch.tensor(v) for k, v in token_dataset(64).to_dict().items() if k != "labels"}
+    scorer = quantized_scorer(model)
+    with torch.no_grad():
+        before = scorer(**batch).logits
+        for parameter in model.parameters():  # an "optimizer step" touching every layer, embeddings included
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        assert torch.equal(scorer(**batch).logits, before)  # the copy shares nothing with the live model
+        refreshed = refresh_quantized_scorer(scorer, model)
+        assert refreshed is scorer
+        assert torch.equal(scorer(**batch).logits, quantized_scorer(model)(**batch).logits)
+        assert not torch.equal(scorer(**batch).logits, before)
 
 
 def test_text_keeps_the_real_tokens_on_either_padding_side():
@@ -88,14 +103,14 @@ def test_short_scoring_selects_the_lowest_margins_of_the_truncated_candidates(ou
     assert len(agreement) == 3 and all(-1 <= a < 1 for a in agreement)  # 4 of 8 tokens: not the full ranking
 
 
-def test_the_int8_scorer_is_rebuilt_every_refresh_steps_and_logs_its_agreement(output_dir):
+def test_the_int8_scorer_is_refreshed_every_refresh_steps_and_logs_its_agreement(output_dir):
     args = make_args(output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=2, max_steps=5, logging_steps=5,
                      selection_scorer="int8", selection_scorer_refresh_steps=2, selection_agreement_steps=1)
     model = tiny_model("bert", dropout=False, initializer_range=0.2)
     trainer = MMRTrainer(model=model, args=args, train_dataset=token_dataset(64))
     trainer.train()
     log = trainer.state.log_history[0]
-    assert log["scorer_refreshes"] == 3 and trainer._int8_scorer[2] == 4  # built at steps 0, 2, 4
+    assert log["scorer_refreshes"] == 3 and trainer._int8_scorer[2] == 4  # built at step 0, refreshed at 2 and 4
     assert log["mms_rank_agreement"] >= INT8_AGREEMENT
 
 
