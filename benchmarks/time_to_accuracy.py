@@ -303,7 +303,8 @@ def report(args):
                        for s, runs in seeds.items() for b in runs if b in random_arm.get(s, {})]
         entry["step_cost_over_random"] = spread(step_ratios)
         k = ARMS[arm].get("selection_ratio")
-        entry["ideal_step_cost"] = 1 + k * inference_ratio if k and inference_ratio else None
+        cached = ARMS[arm].get("selection_source") == "cached"  # no scoring pass: the ideal is a plain step
+        entry["ideal_step_cost"] = 1.0 if cached else (1 + k * inference_ratio if k and inference_ratio else None)
         for target in workload.targets:
             per_seed, ratios = {}, []
             for seed, runs in seeds.items():

@@ -12,7 +12,7 @@ since the previous training log and averaged (counts: summed) over processes:
 - ``samples_scored`` / ``samples_trained``: samples forwarded for scoring / trained on.
 - ``scoring_time_fraction``: share of the window's wall time spent scoring candidates.
 - ``mms_rank_agreement``: Spearman agreement of cheap and full-model scores (``selection_agreement_steps``).
-- ``scorer_refreshes``: rebuilds of the int8 scoring copy; ``cache_coverage``: share of samples with a cached score.
+- ``scorer_refreshes``: builds and refreshes of the int8 scoring copy; ``cache_coverage``: share of samples with a cached score.
 """
 
 from __future__ import annotations

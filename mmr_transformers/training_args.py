@@ -83,8 +83,8 @@ class MMRTrainingArguments(TrainingArguments):
     )
     selection_scorer_refresh_steps: int = field(
         default=1,
-        metadata={"help": "Optimizer steps between refreshes of the int8 scoring copy (re-quantized in place, about a "
-                          "quarter of a new copy's cost). Early in fine-tuning a copy 20 steps old ranks candidates "
+        metadata={"help": "Optimizer steps between refreshes of the int8 scoring copy (re-quantized in place, cheaper "
+                          "than building a new copy). Early in fine-tuning a copy 20 steps old ranks candidates "
                           "far from the live model (docs/PERFORMANCE.md), so the default refreshes every step."},
     )
     selection_scoring_max_length: int | None = field(
