@@ -169,6 +169,7 @@ ARMS: dict[str, dict] = {
     "mms-k8": {"selection": "mms", "selection_ratio": 8},
     "mms-int8": {"selection": "mms", "selection_ratio": 4, "selection_scorer": "int8", "selection_scorer_refresh_steps": 20},
     "mms-int8-r1": {"selection": "mms", "selection_ratio": 4, "selection_scorer": "int8", "selection_scorer_refresh_steps": 1},
+    "mms-int8-k2": {"selection": "mms", "selection_ratio": 2, "selection_scorer": "int8", "selection_scorer_refresh_steps": 1},
     "mms-short": {"selection": "mms", "selection_ratio": 4, "scoring_short": True},
     "mms-cached": {"selection": "mms", "selection_ratio": 4, "selection_source": "cached"},
 }

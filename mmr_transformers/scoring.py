@@ -8,6 +8,7 @@ Pure PyTorch.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from contextlib import contextmanager
 from typing import Any
@@ -29,19 +30,21 @@ def _quiet_torch_ao():
 
 
 def quantized_scorer(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` whose ``nn.Linear`` layers are dynamically quantized to int8 (CPU only):
-    weights stored in int8, activations quantized on the fly. ``model`` itself is left untouched."""
-    scorer = copy.deepcopy(model).eval()
+    """An eval-mode view of ``model`` whose ``nn.Linear`` layers are dynamically quantized to int8 (CPU only):
+    weights stored in int8, activations quantized on the fly. Every other parameter and buffer (embeddings,
+    norms, convolutions) is *shared* with ``model``, not copied, so only the int8 weights can go stale;
+    ``model`` itself is left untouched (its modules, mode and values)."""
+    shared = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+    scorer = copy.deepcopy(model, memo=shared).eval()  # new modules around the same tensors
     with _quiet_torch_ao():
-        return torch.ao.quantization.quantize_dynamic(scorer, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(scorer, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def refresh_quantized_scorer(scorer: nn.Module, model: nn.Module) -> nn.Module:
-    """Bring a :func:`quantized_scorer` copy up to ``model``'s current weights, in place, as a new copy would be:
-    each int8 layer re-quantizes its float twin (per-tensor symmetric min/max, as ``quantize_dynamic``), every
-    other parameter and buffer is copied. No deep copy and no module swap, so refreshing every step is cheap."""
+    """Bring a :func:`quantized_scorer` view up to ``model``'s current weights, in place, as a new one would be:
+    each int8 layer re-quantizes its float twin (per-tensor symmetric min/max, as ``quantize_dynamic``); the
+    rest is shared with ``model`` and already current. No copy and no module swap: cheap enough for every step."""
     live_modules = dict(model.named_modules())
-    live_tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     with torch.no_grad(), _quiet_torch_ao():
         for name, module in scorer.named_modules():
             if isinstance(module, DynamicInt8Linear):
@@ -51,8 +54,6 @@ def refresh_quantized_scorer(scorer: nn.Module, model: nn.Module) -> nn.Module:
                 scale, zero_point = observer.calculate_qparams()
                 weight = torch.quantize_per_tensor(source.weight.float(), float(scale), int(zero_point), torch.qint8)
                 module.set_weight_bias(weight, None if source.bias is None else source.bias.detach().clone())
-        for name, tensor in list(scorer.named_parameters()) + list(scorer.named_buffers()):
-            tensor.copy_(live_tensors[name])
     return scorer
 
 

@@ -44,6 +44,7 @@ from .selection import (
     lowest,
     num_to_keep,
     selection_priority,
+    smallest_margin,
     take_rows,
     trim_padding,
 )
@@ -228,7 +229,7 @@ class MMRTrainer(Trainer):
                 logits = chunked_logits(scorer, cheap, self._scoring_chunk_size)
                 priority = selection_priority(self._strategy, logits, weight, labels, self._selection_generator(micro_step))
                 keep = lowest(priority, num_keep)
-                margins = minimal_margin_scores(logits, weight)
+                margins = priority if self._strategy.priority is smallest_margin else minimal_margin_scores(logits, weight)
                 self._window_means["mms_candidates"].append(margins.mean().item())
                 self._window_means["mms_selected"].append(margins[keep].mean().item())
                 if self._agreement_due(micro_step):

@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from conftest import row_key, tiny_model, token_dataset
 from recording import RecordingTrainer
 from mmr_transformers import MMRTrainer, minimal_margin_scores
-from mmr_transformers.scoring import quantized_scorer, rank_agreement, refresh_quantized_scorer, shorten_for_scoring
+from mmr_transformers.scoring import DynamicInt8Linear, quantized_scorer, rank_agreement, refresh_quantized_scorer, shorten_for_scoring
 from test_trainer import classifier_linear, independent_features, make_args
 
 # The int8 copy must order candidates like the fp32 model: Spearman >= this on a tiny random BERT.
@@ -46,14 +46,29 @@ def test_refreshing_the_int8_copy_in_place_equals_building_a_new_one():
     batch = {k: torch.tensor(v) for k, v in token_dataset(64).to_dict().items() if k != "labels"}
     scorer = quantized_scorer(model)
     with torch.no_grad():
-        before = scorer(**batch).logits
+        stale = scorer(**batch).logits
         for parameter in model.parameters():  # an "optimizer step" touching every layer, embeddings included
             parameter.add_(0.05 * torch.randn_like(parameter))
-        assert torch.equal(scorer(**batch).logits, before)  # the copy shares nothing with the live model
         refreshed = refresh_quantized_scorer(scorer, model)
         assert refreshed is scorer
         assert torch.equal(scorer(**batch).logits, quantized_scorer(model)(**batch).logits)
-        assert not torch.equal(scorer(**batch).logits, before)
+        assert not torch.equal(scorer(**batch).logits, stale)
+
+
+def test_the_int8_copy_shares_all_but_its_int8_weights_and_leaves_the_model_untouched():
+    model = tiny_model("bert", dropout=False).train()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    scorer = quantized_scorer(model)
+    live = {name: tensor.data_ptr() for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+    scorer_tensors = dict(scorer.named_parameters()) | dict(scorer.named_buffers())
+    # what the scorer holds as float tensors is the live storage (embeddings, LayerNorms), nothing copied;
+    # every nn.Linear became an int8 layer, so none of their float weights remains
+    assert scorer_tensors and all(tensor.data_ptr() == live[name] for name, tensor in scorer_tensors.items())
+    assert not any(isinstance(m, torch.nn.Linear) for m in scorer.modules())
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == sum(
+        isinstance(m, DynamicInt8Linear) for m in scorer.modules())
+    assert model.training and not scorer.training  # the scorer's eval() is its own
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
 def test_text_keeps_the_real_tokens_on_either_padding_side():
