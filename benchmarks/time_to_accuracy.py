@@ -169,7 +169,9 @@ ARMS: dict[str, dict] = {
     "mms-k8": {"selection": "mms", "selection_ratio": 8},
     "mms-int8": {"selection": "mms", "selection_ratio": 4, "selection_scorer": "int8", "selection_scorer_refresh_steps": 20},
     "mms-int8-r1": {"selection": "mms", "selection_ratio": 4, "selection_scorer": "int8", "selection_scorer_refresh_steps": 1},
-    "mms-int8-k2": {"selection": "mms", "selection_ratio": 2, "selection_scorer": "int8", "selection_scorer_refresh_steps": 1},
+    # GPU: the k·b candidates in one scoring pass (small chunks only add kernel launches there)
+    "mms-onepass": {"selection": "mms", "selection_ratio": 4, "selection_scoring_batch_size": 128},
+    "mms-k2-onepass": {"selection": "mms", "selection_ratio": 2, "selection_scoring_batch_size": 64},
     "mms-short": {"selection": "mms", "selection_ratio": 4, "scoring_short": True},
     "mms-cached": {"selection": "mms", "selection_ratio": 4, "selection_source": "cached"},
 }
@@ -189,11 +191,13 @@ def run_one(workload: Workload, arm: str, budget: float, seed: int, data) -> dic
     set_seed(seed)
     model, optimizer = workload.model_and_optimizer()
     clock = BudgetClock(budget)
+    gpu = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as output_dir:
         args = MMRTrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=workload.batch_size, per_device_eval_batch_size=256,
             max_steps=10**7, mmr_alpha=0.0, seed=seed, logging_steps=25, save_strategy="no", report_to=[],
-            disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **workload.extra_args,
+            disable_tqdm=True, use_cpu=not gpu, bf16=gpu,  # GPU runs train and score under bf16 autocast
+            **workload.extra_args,
             **arm_settings(workload, arm),
         )
         trainer = MMRTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
@@ -207,7 +211,7 @@ def run_one(workload: Workload, arm: str, budget: float, seed: int, data) -> dic
         steps = trainer.state.global_step
         record = {
             "workload": workload.name, "arm": arm, "budget_seconds": budget, "seed": seed,
-            "settings": arm_settings(workload, arm),
+            "settings": arm_settings(workload, arm), "precision": "bf16 autocast" if gpu else "fp32",
             "accuracy": metrics["eval_accuracy"],
             "train_seconds": clock.elapsed(), "steps": steps, "step_seconds": clock.elapsed() / max(steps, 1),
             "cpu_load_by_others": round(others, 4),
