@@ -77,7 +77,8 @@ class MMRTrainingArguments(TrainingArguments):
         default="model",
         metadata={
             "help": "Which model scores fresh candidates: 'model' (the model being trained) or 'int8' (a dynamically "
-            "int8-quantized copy, refreshed every selection_scorer_refresh_steps optimizer steps; CPU only).",
+            "int8-quantized copy of its Linear layers, the rest shared with it, refreshed every "
+            "selection_scorer_refresh_steps optimizer steps; CPU only).",
             "choices": ["model", "int8"],
         },
     )
