@@ -38,7 +38,9 @@ run)
     test -d "$PACK" || { echo "no $PACK/: run 'bash benchmarks/gpu_check.sh pack' here and carry .gpu" >&2; exit 2; }
     python3 -c "import datasets" 2>/dev/null || {
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$PACK"/wheels/*.whl
-        export PYTHONPATH=/tmp/site; }
+        export PYTHONPATH=/tmp/site
+        python3 -c "import datasets" || { python3 -c "import pyarrow; print('device pyarrow', pyarrow.__version__)"
+            echo "the carried datasets 5.2.0 needs pyarrow>=24: pack a datasets wheel that matches it" >&2; exit 3; }; }
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     export MMR_MINILM_DIR=/tmp/minilm MMR_GLUE_DIR="$PWD/$PACK/glue"
     mkdir -p "$MMR_MINILM_DIR" && cp "$PACK"/minilm/*.json "$PACK"/minilm/vocab.txt "$MMR_MINILM_DIR"
