@@ -40,6 +40,14 @@ def sst2_sentences(split: str = "train", limit: int | None = None, seed: int = 0
     return data.select(range(min(limit, len(data)))) if limit else data
 
 
+def sst2_tokenized(tokenizer, split: str = "train", limit: int | None = None, seed: int = 0,
+                   max_length: int = 64) -> datasets.Dataset:
+    """:func:`sst2_sentences` tokenized (truncated to ``max_length``), as model inputs plus ``labels``."""
+    data = sst2_sentences(split, limit=limit, seed=seed)
+    data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=max_length), batched=True)
+    return data.remove_columns(["sentence"]).rename_column("label", "labels")
+
+
 def _cpu_times() -> tuple[int, int]:
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainerCallback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_sentences  # noqa: E402
+from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, minimal_margin_scores  # noqa: E402
 from mmr_transformers.scoring import quantized_scorer, rank_agreement, shorten_for_scoring  # noqa: E402
@@ -85,9 +85,7 @@ def main():
     with exclusive_cpu():
         require_quiet_machine(args.force)
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        data = sst2_sentences("train", limit=30_000, seed=1)
-        data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=64), batched=True)
-        data = data.remove_columns(["sentence"]).rename_column("label", "labels")
+        data = sst2_tokenized(tokenizer, "train", limit=30_000, seed=1)
         pool_rows = data.select(range(args.pool))
         pool = DataCollatorWithPadding(tokenizer)([{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
                                                    for r in pool_rows])

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_sentences  # noqa: E402
+from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
 
 from mmr_transformers.scoring import quantized_scorer, refresh_quantized_scorer  # noqa: E402
 from mmr_transformers.selection import chunked_logits  # noqa: E402
@@ -56,9 +56,7 @@ def main():
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     b, k_max = args.batch_size, max(args.ks)
-    data = sst2_sentences("train", limit=b * k_max * (args.rounds + 1), seed=0)
-    data = data.map(lambda rows: tokenizer(rows["sentence"], truncation=True, max_length=64), batched=True)
-    data = data.remove_columns(["sentence"]).rename_column("label", "labels")
+    data = sst2_tokenized(tokenizer, "train", limit=b * k_max * (args.rounds + 1), seed=0)
     collate = DataCollatorWithPadding(tokenizer)
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import StepClock, inference_seconds, minilm_path, require_quiet_machine, sst2_sentences  # noqa: E402
+from common import StepClock, inference_seconds, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
 
@@ -31,9 +31,7 @@ from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
 def build(args):
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     needed = args.batch_size * max(args.ks) * (args.steps + 1)
-    data = sst2_sentences("train", limit=needed, seed=args.seed)
-    data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=args.max_length), batched=True)
-    data = data.remove_columns(["sentence"]).rename_column("label", "labels")
+    data = sst2_tokenized(tokenizer, "train", limit=needed, seed=args.seed, max_length=args.max_length)
     return tokenizer, data
 
 

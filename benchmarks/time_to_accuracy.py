@@ -49,7 +49,7 @@ from common import (  # noqa: E402
     inference_seconds,
     minilm_path,
     require_quiet_machine,
-    sst2_sentences,
+    sst2_tokenized,
 )
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
@@ -120,13 +120,7 @@ class SST2(Workload):
 
     def data(self):
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-
-        def tokenize(split):
-            data = sst2_sentences(split, seed=0)
-            data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=64), batched=True)
-            return data.remove_columns(["sentence"]).rename_column("label", "labels")
-
-        return tokenize("train"), tokenize("dev"), DataCollatorWithPadding(tokenizer)
+        return sst2_tokenized(tokenizer, "train"), sst2_tokenized(tokenizer, "dev"), DataCollatorWithPadding(tokenizer)
 
     def model_and_optimizer(self):
         model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
@@ -169,7 +163,7 @@ ARMS: dict[str, dict] = {
     "mms-k8": {"selection": "mms", "selection_ratio": 8},
     "mms-int8": {"selection": "mms", "selection_ratio": 4, "selection_scorer": "int8", "selection_scorer_refresh_steps": 20},
     "mms-int8-r1": {"selection": "mms", "selection_ratio": 4, "selection_scorer": "int8", "selection_scorer_refresh_steps": 1},
-    # GPU: the k·b candidates in one scoring pass (small chunks only add kernel launches there)
+    # GPU: all k·b candidates (SST-2: b = 32) in one scoring pass (small chunks only add kernel launches there)
     "mms-onepass": {"selection": "mms", "selection_ratio": 4, "selection_scoring_batch_size": 128},
     "mms-k2-onepass": {"selection": "mms", "selection_ratio": 2, "selection_scoring_batch_size": 64},
     "mms-short": {"selection": "mms", "selection_ratio": 4, "scoring_short": True},
