@@ -33,6 +33,10 @@ def main():
         trainer.save_model(os.path.join(args.output_dir, "final"))
         with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
             json.dump(trainer.state.log_history, f)
+    # leave the process group before exiting: without it, gloo's threads sometimes abort the exit
+    # ("terminate called without an active exception"), failing a run whose work was all done
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
