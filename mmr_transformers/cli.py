@@ -24,7 +24,8 @@ def parse_layered(parser: HfArgumentParser, layers: list[tuple[str, dict[str, An
 
 def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[str, Any]) -> dict[str, float]:
     """Train (resuming when asked), save the model and state, evaluate each ``{prefix: dataset}`` and write
-    ``train_results.json``, ``<prefix>_results.json``, ``all_results.json`` and ``run_config.json``."""
+    ``train_results.json``, ``<prefix>_results.json``, ``all_results.json`` and ``run_config.json``; then leave the
+    process group, as the run is over."""
     args = trainer.args
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
@@ -41,4 +42,8 @@ def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
             json.dump({**{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in run_config.items()},
                        "training": args.to_dict()}, f, indent=2)
+    # leave the process group: without it gloo's threads sometimes abort a multi-process exit
+    # ("terminate called without an active exception") after all the work was written
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return results

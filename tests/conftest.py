@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import importlib.util
+import socket
+import subprocess
 import sys
 
 import datasets
@@ -95,6 +97,26 @@ def load_script(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def accelerate_launch(script: str, argv: list[str], num_processes: int = 2) -> subprocess.CompletedProcess:
+    """Run ``script`` as ``accelerate launch`` does: ``num_processes`` CPU processes talking over gloo, a real
+    distributed run. Fails the test with the end of stderr when any process fails."""
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", str(port), script, *argv])
+
+
+def run_python(argv: list[str]) -> subprocess.CompletedProcess:
+    """``python <argv>`` offline, one thread per process, with the repository importable; asserts it succeeded."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": repo}
+    result = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def row_key(input_ids) -> tuple:

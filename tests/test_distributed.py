@@ -7,33 +7,17 @@ same rows, log the same loss and end with the same weights.
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_model
+from conftest import accelerate_launch, run_python, tiny_model
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_run.py")
 COMMON = ["--per_device_train_batch_size", "4", "--selection", "mms", "--selection_ratio", "2", "--mmr_alpha", "0.5",
           "--max_steps", "4", "--learning_rate", "1e-2", "--logging_steps", "1", "--train_sampling_strategy", "sequential",
           "--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--seed", "11"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(command, output_dir):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(SCRIPT))}
-    result = subprocess.run(command + ["--output_dir", str(output_dir)], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 def read(output_dir, ranks):
@@ -45,10 +29,8 @@ def read(output_dir, ranks):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("distributed")
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT, *COMMON],
-        base / "two")
-    run([sys.executable, SCRIPT, *COMMON, "--gradient_accumulation_steps", "2"], base / "one")
+    accelerate_launch(SCRIPT, [*COMMON, "--output_dir", str(base / "two")])
+    run_python([SCRIPT, *COMMON, "--gradient_accumulation_steps", "2", "--output_dir", str(base / "one")])
     return read(base / "two", 2), read(base / "one", 1)
 
 
@@ -82,10 +64,8 @@ CACHED = ["--selection_source", "cached", "--selection_exploration", "0.25", "--
 def cached_runs(tmp_path_factory):
     """Cached selection, 64 samples, k = 2, global batch 8: 4 steps per pass, so step 5 is in the second pass."""
     base = tmp_path_factory.mktemp("cached")
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT,
-         *COMMON, *CACHED], base / "two")
-    run([sys.executable, SCRIPT, *COMMON, *CACHED, "--gradient_accumulation_steps", "2"], base / "one")
+    accelerate_launch(SCRIPT, [*COMMON, *CACHED, "--output_dir", str(base / "two")])
+    run_python([SCRIPT, *COMMON, *CACHED, "--gradient_accumulation_steps", "2", "--output_dir", str(base / "one")])
     two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
     return two, json.load(open(base / "one" / "trained-rank0.json"))
 

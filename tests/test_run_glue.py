@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from conftest import load_script
+from conftest import accelerate_launch, load_script
 from mmr_transformers.glue import get_task, glue_metrics, load_local, read_split
 
 run_glue = load_script("run_glue")
@@ -87,13 +87,19 @@ def write_task(directory, layout, n=40, seed=0):
     return {"rte-hf": "rte"}.get(layout, layout)
 
 
-def run(tmp_path, model_dir, layout, *extra):
+def glue_argv(tmp_path, model_dir, layout, *extra):
+    """Command-line arguments for one epoch on 40 generated rows of ``layout``; returns them and the output dir."""
     data_dir = tmp_path / layout
     task = write_task(data_dir, layout)
     out = tmp_path / f"out-{layout}"
     argv = ["--task", task, "--data_dir", str(data_dir), "--model_name_or_path", model_dir, "--output_dir", str(out),
             "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--use_cpu", "--report_to", "none",
             "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true", "--max_seq_length", "32", *extra]
+    return argv, out
+
+
+def run(tmp_path, model_dir, layout, *extra):
+    argv, out = glue_argv(tmp_path, model_dir, layout, *extra)
     run_glue.main(argv)
     return json.load(open(out / "all_results.json")), json.load(open(out / "run_config.json")), out
 
@@ -115,6 +121,20 @@ def test_runs_end_to_end_for_each_input_layout(tmp_path, model_dir, layout, metr
     assert results["train_samples"] == 40 and results["eval_samples"] == 20
     assert results["train_loss"] > 0
     assert (out / "trainer_state.json").exists() and (out / "model.safetensors").exists()
+
+
+def test_accelerate_launch_trains_on_two_processes_and_exits_cleanly(tmp_path, model_dir):
+    """The README's ``accelerate launch scripts/run_glue.py``, two CPU processes over gloo. Each rank scores its own
+    candidate batch of k·b = 16 rows, so an epoch of 40 rows takes ceil(40 / 32) = 2 steps (3 in one process), and
+    every process must exit 0 after rank 0 wrote the results."""
+    argv, out = glue_argv(tmp_path, model_dir, "rte-hf", "--selection", "mms", "--selection_ratio", "2",
+                          "--mmr-alpha", "1e-2", "--logging_steps", "1")
+    accelerate_launch(run_glue.__file__, argv)
+    results = json.load(open(out / "all_results.json"))
+    assert results["train_samples"] == 40 and results["eval_samples"] == 20 and 0 <= results["eval_accuracy"] <= 1
+    state = json.load(open(out / "trainer_state.json"))
+    assert state["global_step"] == 2
+    assert sum("mmr_penalty" in h for h in state["log_history"]) == 2  # MMR ran in the distributed steps
 
 
 def test_glue_configs_sit_under_the_command_line(tmp_path, model_dir):
