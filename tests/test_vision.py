@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import load_script
+from conftest import accelerate_launch, load_script
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, find_classifier
 from mmr_transformers.image_data import Cutout, subset_indices
 from mmr_transformers.regimes import REGIMES, get_regime
@@ -163,6 +163,20 @@ def test_run_image_end_to_end_on_digits_with_a_regime(tmp_path):
     assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(1e-4)  # drops at 5, 5, 6 of 9
     alphas = [h["mmr_alpha"] for h in history if "mmr_alpha" in h]
     assert alphas[0] == 1e-5 and alphas[-1] == 1e-3
+
+
+def test_run_image_under_accelerate_launch_splits_the_candidates_between_two_processes(tmp_path):
+    """Two CPU processes over gloo: each scores its own k·b = 16 images, so one epoch of 64 takes 64 / 32 = 2 steps
+    (4 in one process), and every process exits 0 after rank 0 wrote the results."""
+    out = tmp_path / "out"
+    accelerate_launch(run_image.__file__, [
+        "--dataset", "digits", "--model", "resnet20", "--selection", "mms", "--selection_ratio", "2",
+        "--mmr_alpha", "1e-3", "--num_train_epochs", "1", "--max_train_samples", "64", "--max_eval_samples", "32",
+        "--per_device_train_batch_size", "8", "--output_dir", str(out), "--use_cpu", "--report_to", "none",
+        "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1"])
+    results = json.load(open(out / "all_results.json"))
+    assert results["train_samples"] == 64 and results["eval_samples"] == 32 and 0 <= results["eval_accuracy"] <= 1
+    assert json.load(open(out / "trainer_state.json"))["global_step"] == 2
 
 
 def test_imagefolder_without_split_folders_says_what_it_needs(tmp_path):
