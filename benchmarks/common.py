@@ -9,6 +9,7 @@ import importlib.util
 import os
 import statistics
 import time
+from typing import Any, Callable
 
 import datasets
 import torch
@@ -119,6 +120,19 @@ class OthersLoad:
         busy, total = _cpu_times()
         own_ticks = (sum(os.times()[:4]) - self._own) * os.sysconf("SC_CLK_TCK")
         return max(0.0, (busy - self._busy - own_ticks) / max(total - self._total, 1))
+
+
+def median_part_seconds(rounds: int, parts_of_round: Callable[[int], dict[str, Callable[[], Any]]]) -> dict[str, float]:
+    """Median seconds of each part over ``rounds`` timed rounds; round 0 warms up and is left out. The parts of a
+    round run back to back, so that machine noise hits them alike."""
+    times: dict[str, list[float]] = {}
+    for round_index in range(rounds + 1):
+        for name, part in parts_of_round(round_index).items():
+            start = time.perf_counter()
+            part()
+            if round_index:
+                times.setdefault(name, []).append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def inference_seconds(model, trainer, batches: int) -> float:

@@ -16,25 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
+from common import exclusive_cpu, median_part_seconds, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
 
 from mmr_transformers.scoring import quantized_scorer, refresh_quantized_scorer  # noqa: E402
 from mmr_transformers.selection import chunked_logits  # noqa: E402
-
-
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def refresh_breakdown(scorer, model, top: int = 6) -> list[dict]:
@@ -73,24 +65,21 @@ def main():
         with torch.inference_mode():
             chunked_logits(net, batch, b)
 
-    times: dict[str, list[float]] = {}
+    def parts_of_round(round_index):
+        rows = [data[i] for i in range(round_index * b * k_max, (round_index + 1) * b * k_max)]
+        parts = {"train_step": lambda: train_step(collate(rows[:b])),
+                 "refresh": lambda: refresh_quantized_scorer(scorer, model)}
+        for k in args.ks:
+            candidates = {key: v for key, v in collate(rows[: k * b]).items() if key != "labels"}
+            parts[f"fp32_score_k{k}"] = lambda c=candidates: score(model, c)
+            parts[f"int8_score_k{k}"] = lambda c=candidates: score(scorer, c)
+        return parts
+
     with exclusive_cpu():
         load = require_quiet_machine(args.force)
-        for round_index in range(args.rounds + 1):
-            rows = [data[i] for i in range(round_index * b * k_max, (round_index + 1) * b * k_max)]
-            parts = {"train_step": lambda: train_step(collate(rows[:b])),
-                     "refresh": lambda: refresh_quantized_scorer(scorer, model)}
-            for k in args.ks:
-                candidates = {key: v for key, v in collate(rows[: k * b]).items() if key != "labels"}
-                parts[f"fp32_score_k{k}"] = lambda c=candidates: score(model, c)
-                parts[f"int8_score_k{k}"] = lambda c=candidates: score(scorer, c)
-            measured = {name: seconds(fn) for name, fn in parts.items()}
-            if round_index:  # the first round warms up
-                for name, value in measured.items():
-                    times.setdefault(name, []).append(value)
+        median = median_part_seconds(args.rounds, parts_of_round)
         breakdown = refresh_breakdown(scorer, model)
 
-    median = {name: statistics.median(values) for name, values in times.items()}
     step = median["train_step"]
     result = {"batch_size": b, "rounds": args.rounds, "cpu_busy_before": load, "torch_threads": torch.get_num_threads(),
               "seconds": median, "per_train_step": {name: value / step for name, value in median.items()},
