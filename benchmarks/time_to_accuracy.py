@@ -305,14 +305,17 @@ def report(args):
         cached = ARMS[arm].get("selection_source") == "cached"  # no scoring pass: the ideal is a plain step
         entry["ideal_step_cost"] = 1.0 if cached else (1 + k * inference_ratio if k and inference_ratio else None)
         for target in workload.targets:
-            per_seed, ratios = {}, []
+            per_seed, ratios, lower_bounds = {}, [], []
             for seed, runs in seeds.items():
                 mine = time_to_target([(b, r["accuracy"]) for b, r in runs.items()], target)
                 per_seed[seed] = mine
                 base = time_to_target([(b, r["accuracy"]) for b, r in random_arm.get(seed, {}).items()], target)
                 if mine["censored"] is None and base["censored"] is None:
                     ratios.append(mine["interpolated"] / base["interpolated"])
-            entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios)}
+                elif mine["censored"] == "above" and base["censored"] is None:  # random got there, this arm did not
+                    lower_bounds.append(max(runs) / base["interpolated"])
+            entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios),
+                                               "ratio_above_for_seeds_not_reaching": sorted(lower_bounds)}
         summary["arms"][arm] = entry
     path = os.path.join(args.results, f"{workload.name}-summary.json")
     with open(path, "w") as f:
@@ -330,8 +333,15 @@ def markdown_table(summary: dict, workload: Workload) -> str:
     head = "| arm | " + " | ".join(f"time to {t:g} / random's" for t in workload.targets) + \
            " | step cost / random's | ideal | runs |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    def time_cell(target):
+        cell = fmt(target["ratio_to_random"])
+        above = target["ratio_above_for_seeds_not_reaching"]
+        if above:  # seeds where random reached the target within the grid and this arm did not
+            cell = ("" if cell == "n/a" else cell + "; ") + f"{len(above)} not reached: > {min(above):.2f}"
+        return cell
+
     for arm, e in summary["arms"].items():
-        cells = [fmt(e["targets"][f"{t:g}"]["ratio_to_random"]) for t in workload.targets]
+        cells = [time_cell(e["targets"][f"{t:g}"]) for t in workload.targets]
         ideal = f"{e['ideal_step_cost']:.2f}" if e["ideal_step_cost"] else ""
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt(e['step_cost_over_random'])} | {ideal} | {e['runs']} |")
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """The equal-compute benchmark's protocol pieces: time to target, the budget clock and its LR schedule."""
 
+import argparse
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -33,6 +35,29 @@ def test_time_to_target_is_the_first_budget_reaching_it_interpolated_in_log_budg
     assert result["interpolated"] == pytest.approx(160 * 2 ** share)
     assert tta.time_to_target(points, 0.79) == {"grid": 80, "interpolated": 80, "censored": "below"}
     assert tta.time_to_target(points, 0.90) == {"grid": None, "interpolated": None, "censored": "above"}
+
+
+def test_report_pairs_seeds_and_bounds_an_arm_that_never_reaches_the_target(tta, tmp_path, capsys):
+    runs = {("random", 0): {80: 0.80, 160: 0.86}, ("random", 1): {80: 0.82, 160: 0.87},
+            ("mms", 0): {80: 0.84, 160: 0.88}, ("mms", 1): {80: 0.81, 160: 0.84}}  # mms seed 1 never reaches 0.85
+    os.makedirs(tmp_path / "sst2")
+    for (arm, seed), accuracies in runs.items():
+        for budget, accuracy in accuracies.items():
+            with open(tmp_path / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
+                json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
+                           "step_seconds": 0.5 if arm == "random" else 0.75}, f)
+    tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path)))
+    target = json.load(open(tmp_path / "sst2-summary.json"))["arms"]["mms"]["targets"]["0.85"]
+
+    def interpolated(low, high, budget=80):  # log-linear between 80 s and 160 s
+        return budget * 2 ** ((0.85 - low) / (high - low))
+
+    random_times = [interpolated(0.80, 0.86), interpolated(0.82, 0.87)]
+    mms_seed0 = interpolated(0.84, 0.88)
+    assert target["ratio_to_random"]["n"] == 1
+    assert target["ratio_to_random"]["median"] == pytest.approx(mms_seed0 / random_times[0])
+    assert target["ratio_above_for_seeds_not_reaching"] == [pytest.approx(160 / random_times[1])]
+    assert f"1 not reached: > {160 / random_times[1]:.2f}" in capsys.readouterr().out
 
 
 def test_the_learning_rate_warms_up_then_reaches_zero_exactly_at_the_budget(tta):
