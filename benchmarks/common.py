@@ -135,6 +135,14 @@ def median_part_seconds(rounds: int, parts_of_round: Callable[[int], dict[str, C
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def plain_train_step(model, optimizer, batch: dict) -> None:
+    """One training step of ``batch``: forward in train mode, backward of the model's loss, optimizer step."""
+    model.train()
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
 def inference_seconds(model, trainer, batches: int) -> float:
     """Median time of one no-grad eval-mode forward of a train batch (as plain training sees them), the first
     of ``batches + 1`` left out as warm-up."""

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import default_collate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, exclusive_cpu, median_part_seconds, require_quiet_machine  # noqa: E402
+from common import REPO, exclusive_cpu, median_part_seconds, plain_train_step, require_quiet_machine  # noqa: E402
 
 from mmr_transformers.image_data import load_image_datasets  # noqa: E402
 from mmr_transformers.scoring import shorten_for_scoring  # noqa: E402
@@ -53,12 +53,6 @@ def main():
     def read(indices):
         return default_collate([train[i] for i in indices])
 
-    def train_step(batch):
-        model.train()
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
     def score(pixel_values, scale):
         model.eval()
         with torch.inference_mode():
@@ -66,9 +60,10 @@ def main():
 
     def parts_of_round(round_index):
         indices = order[round_index * k * b: (round_index + 1) * k * b]
-        batch = read(indices[:b])
-        candidates = read(indices)["pixel_values"]
-        return {"load_b": lambda: read(indices[:b]), "load_kb": lambda: read(indices), "train_step": lambda: train_step(batch),
+        drawn = read(indices)  # the round's inputs, read once outside the timed parts
+        batch, candidates = {key: value[:b] for key, value in drawn.items()}, drawn["pixel_values"]
+        return {"load_b": lambda: read(indices[:b]), "load_kb": lambda: read(indices),
+                "train_step": lambda: plain_train_step(model, optimizer, batch),
                 "score_full": lambda: score(candidates, None), "score_scaled": lambda: score(candidates, args.image_scale)}
 
     with exclusive_cpu():

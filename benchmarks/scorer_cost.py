@@ -23,7 +23,14 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import exclusive_cpu, median_part_seconds, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
+from common import (  # noqa: E402
+    exclusive_cpu,
+    median_part_seconds,
+    minilm_path,
+    plain_train_step,
+    require_quiet_machine,
+    sst2_tokenized,
+)
 
 from mmr_transformers.scoring import quantized_scorer, refresh_quantized_scorer  # noqa: E402
 from mmr_transformers.selection import chunked_logits  # noqa: E402
@@ -54,12 +61,6 @@ def main():
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
     scorer = quantized_scorer(model)
 
-    def train_step(batch):
-        model.train()
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
     def score(net, batch):
         model.eval()
         with torch.inference_mode():
@@ -67,7 +68,7 @@ def main():
 
     def parts_of_round(round_index):
         rows = [data[i] for i in range(round_index * b * k_max, (round_index + 1) * b * k_max)]
-        parts = {"train_step": lambda: train_step(collate(rows[:b])),
+        parts = {"train_step": lambda: plain_train_step(model, optimizer, collate(rows[:b])),
                  "refresh": lambda: refresh_quantized_scorer(scorer, model)}
         for k in args.ks:
             candidates = {key: v for key, v in collate(rows[: k * b]).items() if key != "labels"}

@@ -333,12 +333,13 @@ def markdown_table(summary: dict, workload: Workload) -> str:
     head = "| arm | " + " | ".join(f"time to {t:g} / random's" for t in workload.targets) + \
            " | step cost / random's | ideal | runs |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
     def time_cell(target):
-        cell = fmt(target["ratio_to_random"])
+        parts = [fmt(target["ratio_to_random"])] if target["ratio_to_random"] else []
         above = target["ratio_above_for_seeds_not_reaching"]
         if above:  # seeds where random reached the target within the grid and this arm did not
-            cell = ("" if cell == "n/a" else cell + "; ") + f"{len(above)} not reached: > {min(above):.2f}"
-        return cell
+            parts.append(f"{len(above)} not reached: > {min(above):.2f}")
+        return "; ".join(parts) or "n/a"
 
     for arm, e in summary["arms"].items():
         cells = [time_cell(e["targets"][f"{t:g}"]) for t in workload.targets]
