@@ -24,10 +24,10 @@ from torch.utils.data import default_collate
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, exclusive_cpu, median_part_seconds, plain_train_step, require_quiet_machine  # noqa: E402
 
-from mmr_transformers.image_data import load_image_datasets  # noqa: E402
+from mmr_transformers.recipes.image_data import load_image_datasets  # noqa: E402
 from mmr_transformers.scoring import shorten_for_scoring  # noqa: E402
-from mmr_transformers.selection import chunked_logits  # noqa: E402
-from mmr_transformers.vision import build_model  # noqa: E402
+from mmr_transformers.batching import chunked_logits  # noqa: E402
+from mmr_transformers.recipes.vision import build_model  # noqa: E402
 
 
 def main():

@@ -27,7 +27,7 @@ from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_token
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, minimal_margin_scores  # noqa: E402
 from mmr_transformers.scoring import quantized_scorer, rank_agreement, shorten_for_scoring  # noqa: E402
-from mmr_transformers.selection import chunked_logits  # noqa: E402
+from mmr_transformers.batching import chunked_logits  # noqa: E402
 
 
 def pool_margins(scorer, pool: dict, weight: torch.Tensor) -> torch.Tensor:

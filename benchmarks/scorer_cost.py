@@ -33,7 +33,7 @@ from common import (  # noqa: E402
 )
 
 from mmr_transformers.scoring import quantized_scorer, refresh_quantized_scorer  # noqa: E402
-from mmr_transformers.selection import chunked_logits  # noqa: E402
+from mmr_transformers.batching import chunked_logits  # noqa: E402
 
 
 def refresh_breakdown(scorer, model, top: int = 6) -> list[dict]:

@@ -139,13 +139,13 @@ class CIFAR10(Workload):
         sys.path.insert(0, os.path.join(REPO, "scripts"))
         from study import unpack_cifar_jpegs
 
-        from mmr_transformers.image_data import load_image_datasets
+        from mmr_transformers.recipes.image_data import load_image_datasets
 
         train, test, _ = load_image_datasets("imagefolder", unpack_cifar_jpegs())
         return train, test, None
 
     def model_and_optimizer(self):
-        from mmr_transformers.vision import build_model
+        from mmr_transformers.recipes.vision import build_model
 
         model = build_model("resnet20", 10)
         return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)

@@ -1,15 +1,42 @@
-"""Multi-Margin Regularization and Minimal-Margin-Score selection for Hugging Face Transformers."""
+"""Multi-Margin Regularization and Minimal-Margin-Score selection for Hugging Face Transformers.
 
+The core (margins, selection, schedules, heads, batching, scoring, the cached-score sampler, the settings)
+is plain PyTorch and imports without ``transformers``. The Hugging Face adapter (``MMRTrainer``,
+``MMRTrainingArguments``) is imported on first use of its name, so ``import mmr_transformers.margins``
+stays light. Recipes for the example scripts live in :mod:`mmr_transformers.recipes`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .batching import take_rows, trim_padding
 from .heads import ClassifierHead, FeatureCapture, find_classifier
 from .margins import minimal_margin_scores, most_competitive_wrong_class, multi_margin_penalty
-from .schedules import ALPHA_SCHEDULES, alpha_at
 from .sampler import CachedScoreBatchSampler
-from .scoring import quantized_scorer, rank_agreement, shorten_for_scoring
-from .selection import SELECTION_STRATEGIES, register_selection_strategy, select_candidates
-from .trainer import MMRTrainer
-from .training_args import MMRTrainingArguments
+from .schedules import ALPHA_SCHEDULES, alpha_at
+from .scoring import Int8Scorer, quantized_scorer, rank_agreement, shorten_for_scoring
+from .selection import SELECTION_STRATEGIES, Selection, register_selection_strategy, select_candidates, select_rows
+from .settings import MMRSettings
+
+if TYPE_CHECKING:
+    from .trainer import MMRTrainer
+    from .training_args import MMRTrainingArguments
 
 __version__ = "0.1.0"
+
+_ADAPTER = {"MMRTrainer": ".trainer", "MMRTrainingArguments": ".training_args"}
+
+
+def __getattr__(name: str):
+    """Import the Hugging Face adapter (and with it ``transformers``) when one of its names is first used."""
+    if name in _ADAPTER:
+        value = getattr(importlib.import_module(_ADAPTER[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALPHA_SCHEDULES",
@@ -17,8 +44,11 @@ __all__ = [
     "CachedScoreBatchSampler",
     "ClassifierHead",
     "FeatureCapture",
+    "Int8Scorer",
+    "MMRSettings",
     "MMRTrainer",
     "MMRTrainingArguments",
+    "Selection",
     "alpha_at",
     "find_classifier",
     "minimal_margin_scores",
@@ -28,5 +58,8 @@ __all__ = [
     "rank_agreement",
     "register_selection_strategy",
     "select_candidates",
+    "select_rows",
     "shorten_for_scoring",
+    "take_rows",
+    "trim_padding",
 ]

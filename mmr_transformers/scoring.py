@@ -57,6 +57,29 @@ def refresh_quantized_scorer(scorer: nn.Module, model: nn.Module) -> nn.Module:
     return scorer
 
 
+class Int8Scorer:
+    """The int8 scoring copy of a model through training: built by :func:`quantized_scorer` on first use, then
+    re-quantized in place by :func:`refresh_quantized_scorer` once ``refresh_steps`` optimizer steps have passed.
+    ``weight`` is the classifier weight the copy was made with (a detached copy, as stale as the int8 layers)."""
+
+    def __init__(self, refresh_steps: int = 1):
+        if refresh_steps < 1:
+            raise ValueError(f"refresh_steps must be >= 1; got {refresh_steps}.")
+        self.refresh_steps = refresh_steps
+        self.module: nn.Module | None = None
+        self.weight: torch.Tensor | None = None
+        self.built_at_step: int | None = None
+
+    def update(self, model: nn.Module, weight: torch.Tensor, step: int) -> bool:
+        """Bring the copy up to ``model`` when it is ``refresh_steps`` old (or missing); True when it did."""
+        if self.module is not None and step - self.built_at_step < self.refresh_steps:
+            return False
+        self.module = quantized_scorer(model) if self.module is None else refresh_quantized_scorer(self.module, model)
+        self.weight = weight.detach().clone()
+        self.built_at_step = step
+        return True
+
+
 def rank_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman's rank correlation of two score vectors (ties broken by position): how alike a cheap
     scorer orders the candidates compared with the full model."""

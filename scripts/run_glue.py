@@ -29,9 +29,9 @@ from transformers import (
 )
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
-from mmr_transformers.callbacks import EvalTimeline
-from mmr_transformers.cli import parse_layered, train_and_evaluate
-from mmr_transformers.glue import ALIASES, TASKS, get_task, glue_metrics, load_glue
+from mmr_transformers.recipes.callbacks import EvalTimeline
+from mmr_transformers.recipes.runner import parse_layered, train_and_evaluate
+from mmr_transformers.recipes.glue import ALIASES, TASKS, get_task, glue_metrics, load_glue
 
 logger = logging.getLogger(__name__)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "glue_configs")

@@ -24,11 +24,11 @@ import numpy as np
 from transformers import HfArgumentParser, set_seed
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
-from mmr_transformers.callbacks import EvalTimeline
-from mmr_transformers.cli import parse_layered, train_and_evaluate
-from mmr_transformers.image_data import DATASETS, load_image_datasets
-from mmr_transformers.regimes import REGIMES, get_regime
-from mmr_transformers.vision import build_model, fix_orthogonal_classifier
+from mmr_transformers.recipes.callbacks import EvalTimeline
+from mmr_transformers.recipes.runner import parse_layered, train_and_evaluate
+from mmr_transformers.recipes.image_data import DATASETS, load_image_datasets
+from mmr_transformers.recipes.regimes import REGIMES, get_regime
+from mmr_transformers.recipes.vision import build_model, fix_orthogonal_classifier
 
 
 @dataclass

@@ -89,9 +89,9 @@ def token_dataset(n: int = 64, num_labels: int = 3, seed: int = 0, with_labels: 
     return datasets.Dataset.from_dict(columns)
 
 
-def load_script(name: str):
-    """Import ``scripts/<name>.py`` as a module, so tests can call its ``main``."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", f"{name}.py")
+def load_script(name: str, folder: str = "scripts"):
+    """Import ``<folder>/<name>.py`` as a module, so tests can call its ``main``."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), folder, f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

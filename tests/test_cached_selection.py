@@ -92,7 +92,7 @@ def test_the_cache_holds_each_trained_samples_margin_from_its_training_forward(o
     trained = [key for batch in trainer.trained for key in batch]
     assert sorted(trained) == sorted(keys)  # 4 epochs x 12: unseen samples first, so each exactly once
     log = [h for h in trainer.state.log_history if "loss" in h]
-    assert [h["samples_trained"] for h in log] == [12] * 4 and log[0]["cache_coverage"] == pytest.approx(12 / 48)
+    assert [h["mmr/samples_trained"] for h in log] == [12] * 4 and log[0]["mmr/cache_coverage"] == pytest.approx(12 / 48)
 
 
 def test_later_epochs_prefer_the_lowest_cached_margins(output_dir):

@@ -114,7 +114,7 @@ def test_short_scoring_selects_the_lowest_margins_of_the_truncated_candidates(ou
         assert sorted(record["selected"]) == sorted(row_key(candidates["input_ids"][i]) for i in lowest)
         full = [row_key(r) for r in candidates["input_ids"]]
         assert all(key in full for key in record["selected"])  # trained on the full rows, not the truncated ones
-    agreement = [h["mms_rank_agreement"] for h in trainer.state.log_history if "mms_rank_agreement" in h]
+    agreement = [h["mmr/rank_agreement"] for h in trainer.state.log_history if "mmr/rank_agreement" in h]
     assert len(agreement) == 3 and all(-1 <= a < 1 for a in agreement)  # 4 of 8 tokens: not the full ranking
 
 
@@ -125,15 +125,15 @@ def test_the_int8_scorer_is_refreshed_every_refresh_steps_and_logs_its_agreement
     trainer = MMRTrainer(model=model, args=args, train_dataset=token_dataset(64))
     trainer.train()
     log = trainer.state.log_history[0]
-    assert log["scorer_refreshes"] == 3 and trainer._int8_scorer[2] == 4  # built at step 0, refreshed at 2 and 4
-    assert log["mms_rank_agreement"] >= INT8_AGREEMENT
+    assert log["mmr/scorer_refreshes"] == 3 and trainer._int8.built_at_step == 4  # built at step 0, refreshed at 2 and 4
+    assert log["mmr/rank_agreement"] >= INT8_AGREEMENT
 
 
 @pytest.mark.parametrize("settings, message", [
     (dict(selection_scorer="int8"), r"selection_scorer set the fresh scoring pass, which runs only with selection != 'none'"),
     (dict(selection="mms", selection_scoring_image_scale=1.5), r"selection_scoring_image_scale must be in \(0, 1\]"),
     (dict(selection="mms", selection_scoring_max_length=0), r"selection_scoring_max_length must be >= 1"),
-    (dict(selection="mms", selection_scorer="fp8"), r"Unknown selection_scorer 'fp8'; choose 'model' or 'int8'"),
+    (dict(selection="mms", selection_scorer="fp8"), r"Unknown selection_scorer 'fp8'; choose one of \['model', 'int8'\]"),
     (dict(selection="mms", selection_scorer_refresh_steps=0), r"selection_scorer_refresh_steps must be >= 1"),
     (dict(selection="mms", selection_source="cached", selection_scorer="int8"), r"selection_source='cached'\)"),
 ])

@@ -6,7 +6,7 @@ import statistics
 
 from conftest import load_script
 
-collect_results = load_script("collect_results")
+collect_results = load_script("collect_results", "benchmarks")
 
 
 def record(task, arm, seed, **results):

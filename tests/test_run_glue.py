@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from conftest import accelerate_launch, load_script
-from mmr_transformers.glue import get_task, glue_metrics, load_local, read_split
+from mmr_transformers.recipes.glue import get_task, glue_metrics, load_local, read_split
 
 run_glue = load_script("run_glue")
 
@@ -134,7 +134,7 @@ def test_accelerate_launch_trains_on_two_processes_and_exits_cleanly(tmp_path, m
     assert results["train_samples"] == 40 and results["eval_samples"] == 20 and 0 <= results["eval_accuracy"] <= 1
     state = json.load(open(out / "trainer_state.json"))
     assert state["global_step"] == 2
-    assert sum("mmr_penalty" in h for h in state["log_history"]) == 2  # MMR ran in the distributed steps
+    assert sum("mmr/penalty" in h for h in state["log_history"]) == 2  # MMR ran in the distributed steps
 
 
 def test_glue_configs_sit_under_the_command_line(tmp_path, model_dir):
@@ -146,7 +146,7 @@ def test_glue_configs_sit_under_the_command_line(tmp_path, model_dir):
     assert training["mmr_alpha"] == 3e-4  # the command line wins
     assert training["num_train_epochs"] == 1
     history = json.load(open(out / "trainer_state.json"))["log_history"]
-    assert any(h.get("mmr_alpha") == 3e-4 for h in history)
+    assert any(h.get("mmr/alpha") == 3e-4 for h in history)
 
 
 def test_mnli_mismatched_config_uses_the_thesis_alpha(tmp_path, model_dir):

@@ -70,8 +70,8 @@ def test_training_loss_is_cross_entropy_plus_alpha_times_the_penalty(arch, outpu
     logged = trainer.state.log_history[0]
     loss, penalty = expected_loss(initial.eval(), rows(data, 0, 4), alpha)
     assert logged["loss"] == pytest.approx(loss, rel=1e-5)
-    assert logged["mmr_penalty"] == pytest.approx(penalty, rel=1e-5)
-    assert logged["mmr_alpha"] == alpha
+    assert logged["mmr/penalty"] == pytest.approx(penalty, rel=1e-5)
+    assert logged["mmr/alpha"] == alpha
     assert penalty * alpha > 1e-3 * loss  # the term is large enough for the check to mean something
 
 
@@ -137,7 +137,7 @@ def test_each_trained_batch_is_the_lowest_mms_subset_of_its_candidates(arch, out
     trainer = RecordingTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     assert len(trainer.selections) == 8 and trainer.trained == [r["selected"] for r in trainer.selections]
-    assert trainer.state.log_history[0]["samples_scored"] == 24 and trainer.state.log_history[0]["samples_trained"] == 8
+    assert trainer.state.log_history[0]["mmr/samples_scored"] == 24 and trainer.state.log_history[0]["mmr/samples_trained"] == 8
     scorer = copy.deepcopy(model).eval()
     for record in trainer.selections:
         scorer.load_state_dict(record["weights"])
@@ -153,7 +153,7 @@ def test_each_trained_batch_is_the_lowest_mms_subset_of_its_candidates(arch, out
             margins.append((row[i] - row[j]) / np.linalg.norm(weight[i] - weight[j]))
         lowest = np.argsort(margins)[:4]
         assert sorted(record["selected"]) == sorted(row_key(candidates["input_ids"][i]) for i in lowest)
-    assert trainer.state.log_history[0]["mms_selected"] < trainer.state.log_history[0]["mms_candidates"]
+    assert trainer.state.log_history[0]["mmr/mms_selected"] < trainer.state.log_history[0]["mmr/mms_candidates"]
 
 
 @pytest.mark.parametrize("selection", ["mms", "random"])
@@ -180,14 +180,14 @@ def test_a_plain_training_arguments_object_gets_the_thesis_alpha(output_dir):
                              per_device_train_batch_size=4, save_strategy="no")
     trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(8))
     trainer.train()
-    assert trainer.state.log_history[0]["mmr_alpha"] == 1e-5 and trainer.state.log_history[0]["mmr_penalty"] > 0
+    assert trainer.state.log_history[0]["mmr/alpha"] == 1e-5 and trainer.state.log_history[0]["mmr/penalty"] > 0
 
 
 def test_linear_alpha_schedule_reaches_its_end_on_the_last_step(output_dir):
     args = make_args(output_dir, mmr_alpha=1e-5, mmr_alpha_end=1e-3, mmr_alpha_schedule="linear", max_steps=3)
     trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(16))
     trainer.train()
-    assert [h["mmr_alpha"] for h in trainer.state.log_history if "loss" in h] == [1e-5, (1e-5 + 1e-3) / 2, 1e-3]
+    assert [h["mmr/alpha"] for h in trainer.state.log_history if "loss" in h] == [1e-5, (1e-5 + 1e-3) / 2, 1e-3]
 
 
 def test_the_command_line_has_every_mmr_flag(output_dir):

@@ -8,9 +8,9 @@ from torch.utils.data import Dataset
 
 from conftest import accelerate_launch, load_script
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, find_classifier
-from mmr_transformers.image_data import Cutout, subset_indices
-from mmr_transformers.regimes import REGIMES, get_regime
-from mmr_transformers.vision import CifarResNet, build_model, fix_orthogonal_classifier
+from mmr_transformers.recipes.image_data import Cutout, subset_indices
+from mmr_transformers.recipes.regimes import REGIMES, get_regime
+from mmr_transformers.recipes.vision import CifarResNet, build_model, fix_orthogonal_classifier
 
 run_image = load_script("run_image")
 
@@ -48,13 +48,13 @@ def test_each_model_trains_through_mmr_trainer_with_each_strategy(name, head, se
     model = build_model(name, 4)
     assert find_classifier(model).name == head
     before = [p.detach().clone() for p in model.parameters()]
-    args = image_args(output_dir, mmr_alpha=1e-3, selection=selection, selection_ratio=2)
+    args = image_args(output_dir, mmr_alpha=1e-3, selection=selection, **({} if selection == "none" else {"selection_ratio": 2}))
     trainer = MMRTrainer(model=model, args=args, train_dataset=RandomImages())
     trainer.train()
     logged = trainer.state.log_history[0]
-    assert logged["mmr_penalty"] > 0 and torch.isfinite(torch.tensor(logged["loss"]))
+    assert logged["mmr/penalty"] > 0 and torch.isfinite(torch.tensor(logged["loss"]))
     if selection != "none":
-        assert logged["samples_scored"] == 8 and logged["samples_trained"] == 4
+        assert logged["mmr/samples_scored"] == 8 and logged["mmr/samples_trained"] == 4
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -67,7 +67,7 @@ def test_wide_resnet_has_the_published_size_and_trains_a_selected_step(output_di
                       selection_ratio=2, optim="sgd")
     trainer = MMRTrainer(model=model, args=args, train_dataset=RandomImages(n=4, classes=100))
     trainer.train()
-    assert trainer.state.log_history[0]["samples_trained"] == 2 and not torch.equal(model.network.fc.weight, before)
+    assert trainer.state.log_history[0]["mmr/samples_trained"] == 2 and not torch.equal(model.network.fc.weight, before)
 
 
 def test_unknown_model_lists_the_choices():
@@ -130,7 +130,7 @@ def test_orthogonal_classifier_stays_frozen_and_orthonormal_while_mms_and_mmr_tr
     trainer.train()
     assert torch.equal(linear.weight, frozen) and torch.equal(linear.bias, torch.zeros(4))
     assert not torch.equal(model.network.conv.weight, encoder_before)
-    assert trainer.state.log_history[0]["mms_selected"] <= trainer.state.log_history[0]["mms_candidates"]
+    assert trainer.state.log_history[0]["mmr/mms_selected"] <= trainer.state.log_history[0]["mmr/mms_candidates"]
 
 
 def test_cutout_zeroes_one_square():
@@ -161,7 +161,7 @@ def test_run_image_end_to_end_on_digits_with_a_regime(tmp_path):
     history = json.load(open(out / "trainer_state.json"))["log_history"]
     rates = [h["learning_rate"] for h in history if "learning_rate" in h]
     assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(1e-4)  # drops at 5, 5, 6 of 9
-    alphas = [h["mmr_alpha"] for h in history if "mmr_alpha" in h]
+    alphas = [h["mmr/alpha"] for h in history if "mmr/alpha" in h]
     assert alphas[0] == 1e-5 and alphas[-1] == 1e-3
 
 

@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mmr_transformers.glue import get_task  # noqa: E402
+from mmr_transformers.recipes.glue import get_task  # noqa: E402
 
 
 def load_runs(paths: list[str]) -> list[dict]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .heads import find_classifier
+from ..heads import find_classifier
 
 
 class ImageClassifier(nn.Module):
