@@ -13,9 +13,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from conftest import tiny_model, token_dataset  # noqa: E402
+from builders import RecordingTrainer, tiny_model, token_dataset  # noqa: E402
 from mmr_transformers import MMRTrainingArguments  # noqa: E402
-from recording import RecordingTrainer  # noqa: E402
 
 
 def main():

@@ -4,10 +4,8 @@ import copy
 import pytest
 import torch
 
-from conftest import row_key, tiny_model, token_dataset
-from recording import RecordingTrainer
+from builders import RecordingTrainer, make_args, row_key, tiny_model, token_dataset
 from mmr_transformers import CachedScoreBatchSampler, MMRTrainer, minimal_margin_scores
-from test_trainer import make_args
 
 
 def planned(sampler):

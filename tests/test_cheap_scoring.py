@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from conftest import row_key, tiny_model, token_dataset
-from recording import RecordingTrainer
+from builders import RecordingTrainer, make_args, row_key, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer, minimal_margin_scores
 from mmr_transformers.scoring import DynamicInt8Linear, quantized_scorer, rank_agreement, refresh_quantized_scorer, shorten_for_scoring
-from test_trainer import classifier_linear, independent_features, make_args
+from reference import classifier_linear, independent_features
 
 # The int8 copy must order candidates like the fp32 model: Spearman >= this on a tiny random BERT.
 INT8_AGREEMENT = 0.9

@@ -4,7 +4,7 @@ import json
 import os
 import statistics
 
-from conftest import load_script
+from builders import load_script
 
 collect_results = load_script("collect_results", "benchmarks")
 

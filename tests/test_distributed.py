@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import accelerate_launch, run_python, tiny_model
+from builders import accelerate_launch, run_python, tiny_model
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_run.py")
 COMMON = ["--per_device_train_batch_size", "4", "--selection", "mms", "--selection_ratio", "2", "--mmr_alpha", "0.5",

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import ARCHITECTURES, tiny_model
+from builders import ARCHITECTURES, tiny_model
 from mmr_transformers.heads import check_classification_head, find_classifier
 
 

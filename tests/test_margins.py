@@ -1,25 +1,12 @@
 """The margin formulas against independent brute-force computations."""
 
-import itertools
 
 import numpy as np
 import pytest
 import torch
 
 from mmr_transformers.margins import minimal_margin_scores, most_competitive_wrong_class, multi_margin_penalty
-
-
-def distance_to_boundary(phi, w_i, w_j, b_i, b_j):
-    """Euclidean distance from ``phi`` to {x : s_i(x) = s_j(x)}, found as the closest point of the hyperplane
-    by solving the KKT system of min ||x - phi||² s.t. a·x = c (no closed-form margin formula involved)."""
-    a, c = w_i - w_j, b_j - b_i
-    d = len(phi)
-    kkt = np.zeros((d + 1, d + 1))
-    kkt[:d, :d] = 2 * np.eye(d)
-    kkt[:d, d] = a
-    kkt[d, :d] = a
-    x = np.linalg.solve(kkt, np.concatenate([2 * phi, [c]]))[:d]
-    return np.linalg.norm(x - phi)
+from reference import brute_force_penalty, distance_to_boundary
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 10])
@@ -41,20 +28,6 @@ def test_mms_is_zero_when_the_top_two_scores_tie():
     got = minimal_margin_scores(logits, weight)
     assert got[0] == 0 and got[1] == 0
     assert got[2] == pytest.approx(1.0 / (weight[0] - weight[1]).norm().item(), rel=1e-6)
-
-
-def brute_force_penalty(features, logits, labels, weight):
-    features, logits, weight = (np.asarray(t, dtype=np.float64) for t in (features, logits, weight))
-    phi_max_sq = max(float(np.dot(f, f)) for f in features)
-    total = 0.0
-    for n, y in enumerate(labels):
-        best, competitor = -np.inf, None
-        for j in range(logits.shape[1]):  # first maximum wins, as documented
-            if j != y and logits[n, j] > best:
-                best, competitor = logits[n, j], j
-        gap = weight[y] - weight[competitor]
-        total += float(np.dot(gap, gap)) * phi_max_sq
-    return total / len(labels)
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 7])

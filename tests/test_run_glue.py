@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from conftest import accelerate_launch, load_script
+from builders import accelerate_launch, load_script
 from mmr_transformers.recipes.glue import get_task, glue_metrics, load_local, read_split
 
 run_glue = load_script("run_glue")

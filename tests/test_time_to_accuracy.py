@@ -10,9 +10,8 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_model, token_dataset
+from builders import make_args, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer
-from test_trainer import make_args
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 

@@ -7,55 +7,9 @@ import pytest
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from conftest import row_key, tiny_model, token_dataset
-from recording import RecordingTrainer
+from builders import RecordingTrainer, make_args, row_key, rows, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
-from test_margins import brute_force_penalty
-
-
-def make_args(output_dir, **overrides):
-    base = dict(
-        output_dir=output_dir, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=4, logging_steps=1,
-        learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=7,
-    )
-    return MMRTrainingArguments(**{**base, **overrides})
-
-
-def independent_features(model, batch):
-    """phi of each architecture's last linear layer, computed from the encoder by hand (no hooks)."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    name = type(model).__name__
-    if name.startswith("Bert"):
-        return model.bert(input_ids=ids, attention_mask=mask).pooler_output
-    if name.startswith("Roberta"):
-        cls = model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
-        return torch.tanh(model.classifier.dense(cls))
-    if name.startswith("DistilBert"):
-        cls = model.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
-        return torch.relu(model.pre_classifier(cls))
-    raise NotImplementedError(name)
-
-
-def classifier_linear(model):
-    return model.classifier.out_proj if type(model).__name__.startswith("Roberta") else model.classifier
-
-
-def expected_loss(model, batch, alpha):
-    """Cross-entropy + alpha·R for one batch, from independently computed features and a brute-force R."""
-    linear = classifier_linear(model)
-    with torch.no_grad():
-        phi = independent_features(model, batch)
-        logits = (phi @ linear.weight.T + linear.bias).double().numpy()
-    labels = batch["labels"].numpy()
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    ce = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
-    penalty = brute_force_penalty(phi.numpy(), logits, labels.tolist(), linear.weight.detach().numpy())
-    return ce + alpha * penalty, penalty
-
-
-def rows(dataset, start, stop):
-    part = dataset[start:stop]
-    return {k: torch.tensor(v) for k, v in part.items()}
+from reference import classifier_linear, expected_loss, independent_features
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import accelerate_launch, load_script
+from builders import accelerate_launch, load_script
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, find_classifier
 from mmr_transformers.recipes.image_data import Cutout, subset_indices
 from mmr_transformers.recipes.regimes import REGIMES, get_regime

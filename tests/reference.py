@@ -1,0 +1,64 @@
+"""Independent reference computations the tests compare the library against: brute-force loops and
+closed forms written from the thesis' definitions, and phi computed from each encoder by hand (no hooks)."""
+
+import numpy as np
+import torch
+
+
+def distance_to_boundary(phi, w_i, w_j, b_i, b_j):
+    """Euclidean distance from ``phi`` to {x : s_i(x) = s_j(x)}, found as the closest point of the hyperplane
+    by solving the KKT system of min ||x - phi||² s.t. a·x = c (no closed-form margin formula involved)."""
+    a, c = w_i - w_j, b_j - b_i
+    d = len(phi)
+    kkt = np.zeros((d + 1, d + 1))
+    kkt[:d, :d] = 2 * np.eye(d)
+    kkt[:d, d] = a
+    kkt[d, :d] = a
+    x = np.linalg.solve(kkt, np.concatenate([2 * phi, [c]]))[:d]
+    return np.linalg.norm(x - phi)
+
+
+def brute_force_penalty(features, logits, labels, weight):
+    features, logits, weight = (np.asarray(t, dtype=np.float64) for t in (features, logits, weight))
+    phi_max_sq = max(float(np.dot(f, f)) for f in features)
+    total = 0.0
+    for n, y in enumerate(labels):
+        best, competitor = -np.inf, None
+        for j in range(logits.shape[1]):  # first maximum wins, as documented
+            if j != y and logits[n, j] > best:
+                best, competitor = logits[n, j], j
+        gap = weight[y] - weight[competitor]
+        total += float(np.dot(gap, gap)) * phi_max_sq
+    return total / len(labels)
+
+
+def independent_features(model, batch):
+    """phi of each architecture's last linear layer, computed from the encoder by hand (no hooks)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    name = type(model).__name__
+    if name.startswith("Bert"):
+        return model.bert(input_ids=ids, attention_mask=mask).pooler_output
+    if name.startswith("Roberta"):
+        cls = model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        return torch.tanh(model.classifier.dense(cls))
+    if name.startswith("DistilBert"):
+        cls = model.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        return torch.relu(model.pre_classifier(cls))
+    raise NotImplementedError(name)
+
+
+def classifier_linear(model):
+    return model.classifier.out_proj if type(model).__name__.startswith("Roberta") else model.classifier
+
+
+def expected_loss(model, batch, alpha):
+    """Cross-entropy + alpha·R for one batch, from independently computed features and a brute-force R."""
+    linear = classifier_linear(model)
+    with torch.no_grad():
+        phi = independent_features(model, batch)
+        logits = (phi @ linear.weight.T + linear.bias).double().numpy()
+    labels = batch["labels"].numpy()
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    ce = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
+    penalty = brute_force_penalty(phi.numpy(), logits, labels.tolist(), linear.weight.detach().numpy())
+    return ce + alpha * penalty, penalty
