@@ -89,7 +89,7 @@ class ClassifierHead:
             handle.remove()
 
 
-def find_classifier(model: nn.Module, module_name: str | None = None, num_labels: int | None = None) -> ClassifierHead:
+def find_classifier(model: nn.Module, module_name: str | None = None) -> ClassifierHead:
     """Locate the last linear layer of ``model``; ``module_name`` (e.g. ``"classifier.out_proj"``) overrides."""
     model = _unwrap(model)
     if module_name:
@@ -105,9 +105,7 @@ def find_classifier(model: nn.Module, module_name: str | None = None, num_labels
             )
         return ClassifierHead(module_name, module)
 
-    config = getattr(model, "config", None)
-    if num_labels is None and config is not None:
-        num_labels = getattr(config, "num_labels", None)
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     linears = _linear_layers(model)
     candidates = [(n, m) for n, m in linears if num_labels is None or m.out_features == num_labels]
     if not candidates:

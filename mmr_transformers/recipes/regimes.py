@@ -29,7 +29,6 @@ class Regime:
     decay_conv_weights_only: bool = False
     mmr_alpha: float = 1e-5
     mmr_alpha_end: float | None = None  # a linear ramp from mmr_alpha when set
-    note: str = ""
 
     def lr_at(self, step: int) -> float:
         """The learning rate at optimizer step ``step`` (0-based)."""
@@ -63,22 +62,26 @@ def _epochs(*epochs: int, per_epoch: int = CIFAR_STEPS_PER_EPOCH) -> tuple[int, 
 
 
 REGIMES = {
+    # He et al.: drops at epochs 81/122/164 of 200 (156K steps)
     "resnet44-cifar10-standard": Regime(
         "resnet44-cifar10-standard", 0.1, _epochs(81, 122, 164), 0.1, 200 * CIFAR_STEPS_PER_EPOCH, 64, 1e-4,
-        mmr_alpha=1e-5, mmr_alpha_end=1e-3, note="He et al.: drops at epochs 81/122/164 of 200 (156K steps)"),
+        mmr_alpha=1e-5, mmr_alpha_end=1e-3),
+    # thesis §6.1.1: drops at epochs 32/35/38; 93% at 44K steps
     "resnet44-cifar10-early": Regime(
         "resnet44-cifar10-early", 0.1, (24992, 27335, 29678), 0.1, 44_000, 64, 1e-4,
-        mmr_alpha=1e-5, mmr_alpha_end=1e-3, note="thesis §6.1.1: drops at epochs 32/35/38; 93% at 44K steps"),
+        mmr_alpha=1e-5, mmr_alpha_end=1e-3),
+    # drops ×0.2 at epochs 60/120/160 of 200
     "wrn28-10-cifar100-standard": Regime(
         "wrn28-10-cifar100-standard", 0.1, _epochs(60, 120, 160), 0.2, 200 * CIFAR_STEPS_PER_EPOCH, 64, 5e-4,
-        mmr_alpha=1e-5, mmr_alpha_end=1e-3, note="drops ×0.2 at epochs 60/120/160 of 200"),
+        mmr_alpha=1e-5, mmr_alpha_end=1e-3),
+    # thesis §6.1.1: drops at epochs 50/53/56; 82.2% at 80K steps
     "wrn28-10-cifar100-early": Regime(
         "wrn28-10-cifar100-early", 0.1, (39050, 41393, 43736), 0.2, 80_000, 64, 5e-4,
-        mmr_alpha=1e-5, mmr_alpha_end=1e-3, note="thesis §6.1.1: drops at epochs 50/53/56; 82.2% at 80K steps"),
+        mmr_alpha=1e-5, mmr_alpha_end=1e-3),
+    # ÷10 at epochs 30/60/80 of 90, weight decay on conv weights only, alpha 1e-5 constant
     "mobilenet-imagenet": Regime(
         "mobilenet-imagenet", 0.1, _epochs(30, 60, 80, per_epoch=IMAGENET_STEPS_PER_EPOCH), 0.1,
-        90 * IMAGENET_STEPS_PER_EPOCH, 256, 4e-5, decay_conv_weights_only=True, mmr_alpha=1e-5,
-        note="÷10 at epochs 30/60/80 of 90, weight decay on conv weights only, alpha 1e-5 constant"),
+        90 * IMAGENET_STEPS_PER_EPOCH, 256, 4e-5, decay_conv_weights_only=True, mmr_alpha=1e-5),
 }
 
 
