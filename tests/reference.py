@@ -18,6 +18,28 @@ def distance_to_boundary(phi, w_i, w_j, b_i, b_j):
     return np.linalg.norm(x - phi)
 
 
+def brute_force_mms(logits, weight):
+    """Each row's minimal margin score from the thesis' definition, ``(s[i1] - s[i2]) / ||W[i1] - W[i2]||`` with
+    ``i1, i2`` the row's two highest scores (found by sorting the row), in float64, one row at a time."""
+    logits, weight = (np.asarray(t, dtype=np.float64) for t in (logits, weight))
+    scores = []
+    for row in logits:
+        first, second = sorted(range(len(row)), key=lambda j: row[j], reverse=True)[:2]
+        scores.append((row[first] - row[second]) / np.linalg.norm(weight[first] - weight[second]))
+    return np.array(scores)
+
+
+def brute_force_lowest_mms(model, batch, num_keep):
+    """Indices of the ``num_keep`` rows of ``batch`` with the smallest minimal margin score under ``model``, from
+    its features computed by hand and :func:`brute_force_mms` (what MMS selection must keep)."""
+    linear = classifier_linear(model)
+    with torch.no_grad():
+        phi = independent_features(model, batch)
+    weight, bias = linear.weight.detach().double().numpy(), linear.bias.detach().double().numpy()
+    logits = phi.double().numpy() @ weight.T + bias
+    return np.argsort(brute_force_mms(logits, weight), kind="stable")[:num_keep]
+
+
 def brute_force_penalty(features, logits, labels, weight):
     features, logits, weight = (np.asarray(t, dtype=np.float64) for t in (features, logits, weight))
     phi_max_sq = max(float(np.dot(f, f)) for f in features)

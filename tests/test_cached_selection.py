@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from builders import RecordingTrainer, make_args, row_key, tiny_model, token_dataset
-from mmr_transformers import CachedScoreBatchSampler, MMRTrainer, minimal_margin_scores
+from mmr_transformers import CachedScoreBatchSampler, MMRTrainer
+from reference import brute_force_mms
 
 
 def planned(sampler):
@@ -84,8 +85,9 @@ def test_the_cache_holds_each_trained_samples_margin_from_its_training_forward(o
     assert trainer.state.global_step == 12  # ceil(48/4) = 12 samples per epoch, batches of 4
     ids, mask = torch.tensor(data["input_ids"]), torch.tensor(data["attention_mask"])
     with torch.no_grad():
-        expected = minimal_margin_scores(initial(input_ids=ids, attention_mask=mask).logits, initial.classifier.weight)
-    torch.testing.assert_close(trainer._sampler.scores.float(), expected.double().float(), rtol=1e-5, atol=1e-6)
+        logits = initial(input_ids=ids, attention_mask=mask).logits
+    expected = torch.from_numpy(brute_force_mms(logits, initial.classifier.weight.detach()))
+    torch.testing.assert_close(trainer._sampler.scores, expected, rtol=1e-5, atol=1e-6)
     keys = [row_key(r) for r in data["input_ids"]]
     trained = [key for batch in trainer.trained for key in batch]
     assert sorted(trained) == sorted(keys)  # 4 epochs x 12: unseen samples first, so each exactly once

@@ -1,6 +1,5 @@
 """Cheaper fresh scoring: the int8 scorer, shorter inputs, and their rank agreement with the full model."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +8,7 @@ from scipy.stats import spearmanr
 from builders import RecordingTrainer, make_args, row_key, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer, minimal_margin_scores
 from mmr_transformers.scoring import DynamicInt8Linear, quantized_scorer, rank_agreement, refresh_quantized_scorer, shorten_for_scoring
-from reference import classifier_linear, independent_features
+from reference import brute_force_lowest_mms
 
 # The int8 copy must order candidates like the fp32 model: Spearman >= this on a tiny random BERT.
 INT8_AGREEMENT = 0.9
@@ -103,13 +102,7 @@ def test_short_scoring_selects_the_lowest_margins_of_the_truncated_candidates(ou
     for record in trainer.selections:
         scorer.load_state_dict(record["weights"])
         candidates = record["candidates"]
-        with torch.no_grad():
-            phi = independent_features(scorer, {k: v[:, :4] for k, v in candidates.items() if k != "labels"})
-        weight = classifier_linear(scorer).weight.detach().double().numpy()
-        logits = phi.double().numpy() @ weight.T
-        top2 = np.argsort(-logits, axis=1)[:, :2]
-        margins = [(row[i] - row[j]) / np.linalg.norm(weight[i] - weight[j]) for row, (i, j) in zip(logits, top2)]
-        lowest = np.argsort(margins)[:4]
+        lowest = brute_force_lowest_mms(scorer, {k: v[:, :4] for k, v in candidates.items() if k != "labels"}, 4)
         assert sorted(record["selected"]) == sorted(row_key(candidates["input_ids"][i]) for i in lowest)
         full = [row_key(r) for r in candidates["input_ids"]]
         assert all(key in full for key in record["selected"])  # trained on the full rows, not the truncated ones

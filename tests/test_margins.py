@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmr_transformers.margins import minimal_margin_scores, most_competitive_wrong_class, multi_margin_penalty
-from reference import brute_force_penalty, distance_to_boundary
+from reference import brute_force_mms, brute_force_penalty, distance_to_boundary
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 10])
@@ -16,10 +16,12 @@ def test_mms_is_the_distance_to_the_top2_boundary(num_classes):
     features = rng.normal(size=(40, 5)) * 3
     logits = features @ weight.T + bias
     got = minimal_margin_scores(torch.tensor(logits), torch.tensor(weight)).numpy()
+    brute_force = brute_force_mms(logits, weight)
     for n in range(len(features)):
         first, second = np.argsort(-logits[n])[:2]
         expected = distance_to_boundary(features[n], weight[first], weight[second], bias[first], bias[second])
         assert got[n] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert brute_force[n] == pytest.approx(expected, rel=1e-9, abs=1e-12)  # the shared reference is the distance too
 
 
 def test_mms_is_zero_when_the_top_two_scores_tie():

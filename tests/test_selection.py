@@ -13,6 +13,7 @@ from mmr_transformers.selection import (
     register_selection_strategy,
     select_candidates,
 )
+from reference import brute_force_mms
 
 
 def candidates(seed=0, n=32, classes=4, dim=6):
@@ -25,13 +26,11 @@ def candidates(seed=0, n=32, classes=4, dim=6):
 
 def brute_force_priority(strategy, logits, weight, labels):
     logits, weight = logits.double().numpy(), weight.double().numpy()
+    if strategy == "mms":  # keep the smallest margin
+        return brute_force_mms(logits, weight)
     out = []
     for n, row in enumerate(logits):
-        order = np.argsort(-row)
-        if strategy == "mms":
-            i, j = order[:2]
-            out.append((row[i] - row[j]) / np.linalg.norm(weight[i] - weight[j]))
-        elif strategy == "loss":  # keep the largest cross-entropy
+        if strategy == "loss":  # keep the largest cross-entropy
             out.append(-(math.log(np.exp(row - row.max()).sum()) + row.max() - row[labels[n]]))
         elif strategy == "entropy":  # keep the largest entropy
             p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
