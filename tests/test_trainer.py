@@ -167,7 +167,30 @@ def test_a_regression_head_is_refused_at_construction(settings, method, output_d
 
 
 def test_a_regression_head_trains_when_mmr_and_selection_are_off(output_dir):
-    MMRTrainer(model=tiny_model("bert", num_labels=1), args=make_args(output_dir, mmr_alpha=0.0))
+    g = torch.Generator().manual_seed(5)
+    data = token_dataset(32, with_labels=False).add_column("labels", (2 * torch.randn(32, generator=g)).tolist())
+    model = tiny_model("bert", num_labels=1, dropout=False)
+    by_hand = copy.deepcopy(model)
+    # constant rate, no clipping: the run is plain AdamW steps on the mean squared error, easy to redo by hand
+    args = make_args(output_dir, mmr_alpha=0.0, max_steps=3, train_sampling_strategy="sequential",
+                     lr_scheduler_type="constant", max_grad_norm=0.0)
+    trainer = MMRTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    optimizer = torch.optim.AdamW(by_hand.parameters(), lr=1e-3, weight_decay=0.0)
+    expected = []
+    for start in (0, 4, 8):
+        batch = rows(data, start, start + 4)
+        prediction = by_hand(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        squared_error = ((prediction - batch["labels"].float()) ** 2).mean()
+        expected.append(squared_error.item())
+        optimizer.zero_grad()
+        squared_error.backward()
+        optimizer.step()
+    assert [h["loss"] for h in trainer.state.log_history if "loss" in h] == pytest.approx(expected, rel=1e-5)
+    assert not any("mmr/penalty" in h for h in trainer.state.log_history)
+    for (name, a), (_, b) in zip(model.named_parameters(), by_hand.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(model.classifier.weight, tiny_model("bert", num_labels=1).classifier.weight)
 
 
 def test_a_model_whose_classifier_cannot_be_found_is_refused(output_dir):
@@ -200,6 +223,31 @@ def test_num_items_in_batch_counts_the_selected_samples(output_dir):
                          compute_loss_func=mean_cross_entropy)
     trainer.train()
     assert seen == [8, 8, 8, 8]  # 2 micro-batches of 4 selected rows per step, not the 2 x 12 candidates
+
+
+def test_mmr_with_a_compute_loss_func_under_accumulation_equals_the_model_loss_path(output_dir):
+    """A compute_loss_func returns the micro-batch's share of the step's mean (sum / num_items_in_batch), which
+    is already scaled for accumulation; MMR's batch-mean R must then be scaled alike, so the run equals the
+    run on the model's own per-batch mean loss."""
+    def mean_cross_entropy(outputs, labels, num_items_in_batch=None):
+        return torch.nn.functional.cross_entropy(outputs["logits"], labels, reduction="sum") / num_items_in_batch
+
+    data = token_dataset(32)
+    model = tiny_model("bert", dropout=False)
+    runs = {}
+    for name, loss_func in [("model loss", None), ("compute_loss_func", mean_cross_entropy)]:
+        run_model = copy.deepcopy(model)
+        args = make_args(output_dir, mmr_alpha=50.0, gradient_accumulation_steps=2, max_steps=3,
+                         train_sampling_strategy="sequential")
+        trainer = MMRTrainer(model=run_model, args=args, train_dataset=data, compute_loss_func=loss_func)
+        trainer.train()
+        runs[name] = ([h for h in trainer.state.log_history if "loss" in h], run_model)
+    (plain_logs, plain_model), (func_logs, func_model) = runs["model loss"], runs["compute_loss_func"]
+    assert [h["loss"] for h in func_logs] == pytest.approx([h["loss"] for h in plain_logs], rel=1e-5)
+    assert [h["mmr/penalty"] for h in func_logs] == pytest.approx([h["mmr/penalty"] for h in plain_logs], rel=1e-5)
+    assert plain_logs[0]["mmr/penalty"] * 50.0 > 1e-2 * plain_logs[0]["loss"]  # a penalty scaled wrongly would show
+    for (name, a), (_, b) in zip(plain_model.named_parameters(), func_model.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
 class NormedClassifier(torch.nn.Module):
