@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 
 from transformers import TrainerCallback
 
@@ -12,15 +13,18 @@ from transformers import TrainerCallback
 class EvalTimeline(TrainerCallback):
     """Records, at each evaluation during training, the step, the training seconds so far (time spent in
     evaluation and checkpointing left out) and the metrics; writes ``eval_timeline.json`` in ``output_dir``
-    at the end of training, for plots of a dev metric against steps and against wall time."""
+    at the end of training, for plots of a dev metric against steps and against wall time.
 
-    def __init__(self):
+    ``clock`` returns seconds (``time.perf_counter`` by default); tests pass a controlled one."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
         self.points: list[dict] = []
         self._started = self._mark = None
         self._excluded = 0.0
 
     def _exclude_since_mark(self):
-        now = time.perf_counter()
+        now = self.clock()
         self._excluded += now - self._mark
         self._mark = now
 
@@ -28,12 +32,12 @@ class EvalTimeline(TrainerCallback):
         return self._mark - self._started - self._excluded
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._started = self._mark = time.perf_counter()
+        self._started = self._mark = self.clock()
         self._excluded = 0.0
         self.points = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._mark = time.perf_counter()
+        self._mark = self.clock()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self._started is None:  # an evaluation outside training
