@@ -2,11 +2,13 @@
 """Collect run results into a markdown table (mean ± std over seeds) and a plot of the dev metric
 against optimizer steps and against training wall time.
 
-Reads the JSON files ``glue_study.py`` writes (``results``, ``timeline``) or plain ``run_glue.py`` output
-folders (``all_results.json``, ``eval_timeline.json``, ``run_config.json``).
+Reads the JSON files ``benchmarks/study.py`` writes (``results``, ``timeline``) or plain ``run_glue.py``/``run_image.py``
+output folders (``all_results.json``, ``eval_timeline.json``, ``run_config.json``). With ``--reference ARM``, also
+the time each arm took to reach that arm's mean final dev metric (``time_to_target``'s ``grid``: the first
+evaluation reaching it).
 
-    python scripts/collect_results.py docs/results/glue/mmr-sweep --table docs/results/glue/mmr-sweep.md
-    python scripts/collect_results.py docs/results/glue/mms-vs-random --plot docs/results/glue/mms-vs-random.png
+    python benchmarks/collect_results.py docs/results/mmr-sweep --table docs/results/mmr-sweep.md
+    python benchmarks/collect_results.py docs/results/mms-vs-random --reference random --plot docs/results/mms-vs-random.png
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import glob
 import json
 import os
 import statistics
-import sys
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mmr_transformers.recipes.glue import get_task  # noqa: E402
+from mmr_transformers.recipes.glue import get_task
+
+from common import time_to_target
 
 
 def load_runs(paths: list[str]) -> list[dict]:
@@ -76,7 +78,8 @@ def table(runs: list[dict]) -> str:
 
 def time_to_reference(runs: list[dict], reference: str) -> str:
     """Per task and arm: the steps and training seconds each run needed to first reach the reference arm's
-    mean final dev metric (``-`` when it never did), and its dev metric at the reference's mean training time."""
+    mean final dev metric (:func:`time_to_target`'s ``grid`` on its evaluations; ``-`` when it never did), and
+    its dev metric at the reference's mean training time."""
     lines = []
     for task in sorted({r["task"] for r in runs}):
         metric = metric_names(task)[0]
@@ -91,18 +94,19 @@ def time_to_reference(runs: list[dict], reference: str) -> str:
                   "| arm | runs reaching the target | steps to target | seconds to target | seconds / reference's | "
                   f"{metric.removeprefix('eval_')} at {ref_seconds:.0f} s |", "|---|---|---|---|---|---|"]
         for arm in sorted({r["arm"] for r in members}):
-            hits, at_budget = [], []
+            hits, at_budget = [], []  # (steps, seconds) to the target; the metric at the reference's seconds
             for run in (r for r in members if r["arm"] == arm and r["timeline"]):
                 points = run["timeline"]
-                hit = next((p for p in points if p[metric] >= target), None)
-                if hit:
-                    hits.append(hit)
+                steps, seconds = (time_to_target([(p[x], p[metric]) for p in points], target)["grid"]
+                                  for x in ("step", "train_seconds"))
+                if steps is not None:
+                    hits.append((steps, seconds))
                 within = [p for p in points if p["train_seconds"] <= ref_seconds]
                 if within:
                     at_budget.append(within[-1][metric])
             n = len([r for r in members if r["arm"] == arm])
-            steps = f"{statistics.mean(h['step'] for h in hits):.0f}" if hits else "-"
-            seconds = statistics.mean(h["train_seconds"] for h in hits) if hits else None
+            steps = f"{statistics.mean(h[0] for h in hits):.0f}" if hits else "-"
+            seconds = statistics.mean(h[1] for h in hits) if hits else None
             lines.append(f"| {arm} | {len(hits)}/{n} | {steps} | {f'{seconds:.0f}' if hits else '-'} | "
                          f"{f'{seconds / ref_seconds:.2f}' if hits else '-'} | "
                          f"{mean_std(at_budget) if at_budget else '-'} |")

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: the real encoder, real SST-2 sentences, and a quiet-machine check."""
+"""Shared pieces of the benchmarks: the real encoder, real SST-2 sentences, the CIFAR-10 JPEGs, a quiet-machine
+check, the resumable runner of a study (one JSON per run) and time to target."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import contextlib
 import csv
 import fcntl
 import importlib.util
+import json
+import math
 import os
 import statistics
+import tarfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import datasets
 import torch
@@ -18,6 +22,8 @@ from transformers import TrainerCallback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A machine without ../shared (the GPU check, benchmarks/gpu_check.sh) points these at its own copies.
 SHARED_GLUE = os.environ.get("MMR_GLUE_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "glue"))
+CIFAR_ARCHIVES = os.path.join(os.path.dirname(SHARED_GLUE), "images", "cifar10-jpg")
+CIFAR_JPEGS = os.path.join(REPO, "runs", "data", "cifar10-jpg")
 
 
 def minilm_path() -> str:
@@ -47,6 +53,54 @@ def sst2_tokenized(tokenizer, split: str = "train", limit: int | None = None, se
     data = sst2_sentences(split, limit=limit, seed=seed)
     data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=max_length), batched=True)
     return data.remove_columns(["sentence"]).rename_column("label", "labels")
+
+
+def unpack_cifar_jpegs() -> str:
+    """Unpack ``../shared/data/images/cifar10-jpg/*.tar.gz`` (train/ and test/ class folders) once, under
+    ``runs/data/cifar10-jpg``; returns that folder."""
+    if not all(os.path.isdir(os.path.join(CIFAR_JPEGS, split)) for split in ("train", "test")):
+        os.makedirs(CIFAR_JPEGS, exist_ok=True)
+        for split in ("train", "test"):
+            with tarfile.open(os.path.join(CIFAR_ARCHIVES, f"cifar10_{split}_jpg.tar.gz")) as archive:
+                archive.extractall(CIFAR_JPEGS, filter="data")
+    return CIFAR_JPEGS
+
+
+def run_resumable(results_dir: str, plan: Iterable[tuple[str, Callable[[], dict | None]]]) -> list[str]:
+    """Run a study as resumable chunks: for each planned ``(name, make_record)`` whose ``<results_dir>/<name>.json``
+    does not exist yet, call ``make_record()`` and write the record it returns there at once, so an interrupted
+    study loses at most the run in progress and the same command continues it. ``make_record`` returns ``None``
+    to discard a run (nothing is written; the next call tries it again). Returns the names written, in order."""
+    os.makedirs(results_dir, exist_ok=True)
+    written = []
+    for name, make_record in plan:
+        path = os.path.join(results_dir, f"{name}.json")
+        if os.path.exists(path):
+            continue
+        record = make_record()
+        if record is None:
+            continue
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+        written.append(name)
+    return written
+
+
+def time_to_target(points: list[tuple[float, float]], target: float) -> dict:
+    """``points`` = (cost, accuracy), e.g. (budget, final accuracy) or (training seconds, dev accuracy), any
+    order. ``grid``: the smallest cost whose accuracy reaches ``target``; ``interpolated``: log-linear between
+    the cost before it and it (``grid`` when the first point reaches it, ``censored='below'``: an upper bound);
+    ``None`` with ``censored='above'`` when no point does. Ratios use uncensored times only."""
+    points = sorted(points)
+    for i, (cost, accuracy) in enumerate(points):
+        if accuracy >= target:
+            if i == 0:
+                return {"grid": cost, "interpolated": cost, "censored": "below"}  # an upper bound only
+            (c0, a0) = points[i - 1]
+            share = (target - a0) / (accuracy - a0)
+            return {"grid": cost, "interpolated": math.exp(math.log(c0) + share * (math.log(cost) - math.log(c0))),
+                    "censored": None}
+    return {"grid": None, "interpolated": None, "censored": "above"}
 
 
 def _cpu_times() -> tuple[int, int]:

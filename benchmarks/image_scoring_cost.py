@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 from torch.utils.data import default_collate
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, exclusive_cpu, median_part_seconds, plain_train_step, require_quiet_machine  # noqa: E402
+from mmr_transformers.recipes.image_data import load_image_datasets
+from mmr_transformers.scoring import shorten_for_scoring
+from mmr_transformers.batching import chunked_logits
+from mmr_transformers.recipes.vision import build_model
 
-from mmr_transformers.recipes.image_data import load_image_datasets  # noqa: E402
-from mmr_transformers.scoring import shorten_for_scoring  # noqa: E402
-from mmr_transformers.batching import chunked_logits  # noqa: E402
-from mmr_transformers.recipes.vision import build_model  # noqa: E402
+from common import exclusive_cpu, median_part_seconds, plain_train_step, require_quiet_machine, unpack_cifar_jpegs
 
 
 def main():
@@ -39,9 +37,6 @@ def main():
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--force", action="store_true", help="time even on a busy machine")
     args = parser.parse_args()
-
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from study import unpack_cifar_jpegs
 
     train, _, _ = load_image_datasets("imagefolder", unpack_cifar_jpegs())
     b, k = args.batch_size, args.k

@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainerCallback
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
+from mmr_transformers import MMRTrainer, MMRTrainingArguments, minimal_margin_scores
+from mmr_transformers.scoring import quantized_scorer, rank_agreement, shorten_for_scoring
+from mmr_transformers.batching import chunked_logits
 
-from mmr_transformers import MMRTrainer, MMRTrainingArguments, minimal_margin_scores  # noqa: E402
-from mmr_transformers.scoring import quantized_scorer, rank_agreement, shorten_for_scoring  # noqa: E402
-from mmr_transformers.batching import chunked_logits  # noqa: E402
+from common import exclusive_cpu, minilm_path, require_quiet_machine, sst2_tokenized
 
 
 def pool_margins(scorer, pool: dict, weight: torch.Tensor) -> torch.Tensor:

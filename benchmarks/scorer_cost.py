@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (  # noqa: E402
+from mmr_transformers.scoring import quantized_scorer, refresh_quantized_scorer
+from mmr_transformers.batching import chunked_logits
+
+from common import (
     exclusive_cpu,
     median_part_seconds,
     minilm_path,
@@ -31,9 +32,6 @@ from common import (  # noqa: E402
     require_quiet_machine,
     sst2_tokenized,
 )
-
-from mmr_transformers.scoring import quantized_scorer, refresh_quantized_scorer  # noqa: E402
-from mmr_transformers.batching import chunked_logits  # noqa: E402
 
 
 def refresh_breakdown(scorer, model, top: int = 6) -> list[dict]:

@@ -22,10 +22,9 @@ import sys
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import StepClock, inference_seconds, minilm_path, require_quiet_machine, sst2_tokenized  # noqa: E402
+from mmr_transformers import MMRTrainer, MMRTrainingArguments
 
-from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
+from common import StepClock, inference_seconds, minilm_path, require_quiet_machine, sst2_tokenized
 
 
 def build(args):

@@ -4,36 +4,22 @@
 A run whose results file exists is skipped, so the same command continues an interrupted study. Studies:
 ``mmr-sweep`` (GLUE, MMR alpha), ``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10 JPEGs).
 
-    python scripts/study.py mmr-sweep --only rte
-    python scripts/study.py cifar-selection
+    python benchmarks/study.py mmr-sweep --only rte
+    python benchmarks/study.py cifar-selection
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-from common import SHARED_GLUE as GLUE_DATA, minilm_path  # noqa: E402
+from common import REPO, SHARED_GLUE as GLUE_DATA, minilm_path, run_resumable, unpack_cifar_jpegs
 
-CIFAR_ARCHIVES = os.path.join(os.path.dirname(GLUE_DATA), "images", "cifar10-jpg")
-CIFAR_JPEGS = os.path.join(REPO, "runs", "data", "cifar10-jpg")
-
-
-def unpack_cifar_jpegs() -> str:
-    """Unpack ``../shared/data/images/cifar10-jpg/*.tar.gz`` (train/ and test/ class folders) once."""
-    if not all(os.path.isdir(os.path.join(CIFAR_JPEGS, split)) for split in ("train", "test")):
-        os.makedirs(CIFAR_JPEGS, exist_ok=True)
-        for split in ("train", "test"):
-            with tarfile.open(os.path.join(CIFAR_ARCHIVES, f"cifar10_{split}_jpg.tar.gz")) as archive:
-                archive.extractall(CIFAR_JPEGS, filter="data")
-    return CIFAR_JPEGS
 SEEDS = (1, 2, 3)
 
 # What was capped to fit a 2-core CPU session: the encoder (MiniLM-L6, not BERT-base), epochs, samples.
@@ -89,6 +75,27 @@ def plan(study: str) -> list[tuple[str, str, str, list[str]]]:
     return runs
 
 
+def run_script(study: str, name: str, task: str, arm: str, script: str, flags: list[str], work_dir: str) -> dict:
+    """Run ``scripts/<script> <flags>`` in its own process (offline, output in ``work_dir/<study>/<name>``) and
+    return its record: the command, wall seconds, final results, evaluation timeline and log history."""
+    out = os.path.join(work_dir, study, name)
+    os.makedirs(out, exist_ok=True)
+    command = [sys.executable, os.path.join(REPO, "scripts", script), "--output_dir", out, *flags]
+    started = time.time()
+    with open(os.path.join(out, "run.log"), "w") as log:
+        subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=log)
+    record = {
+        "study": study, "run": name, "task": task, "arm": arm,
+        "command": " ".join(["python", f"scripts/{script}", *flags]).replace(os.path.dirname(REPO), ".."),
+        "wall_seconds": time.time() - started,
+        "results": json.load(open(os.path.join(out, "all_results.json"))),
+        "timeline": json.load(open(os.path.join(out, "eval_timeline.json"))),
+        "log_history": json.load(open(os.path.join(out, "trainer_state.json")))["log_history"],
+    }
+    print(f"{name}: {record['wall_seconds']:.0f}s {json.dumps({k: v for k, v in record['results'].items() if k.startswith('eval_') and 'runtime' not in k and 'per_second' not in k})}", flush=True)
+    return record
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study")
@@ -96,29 +103,9 @@ def main():
     parser.add_argument("--work_dir", default=os.path.join(REPO, "runs", "study"))
     parser.add_argument("--only", nargs="*", help="run only these tasks")
     args = parser.parse_args()
-    results_dir = os.path.join(args.results, args.study)
-    os.makedirs(results_dir, exist_ok=True)
-    for name, task, arm, (script, *flags) in plan(args.study):
-        target = os.path.join(results_dir, f"{name}.json")
-        if os.path.exists(target) or (args.only and task not in args.only):
-            continue
-        out = os.path.join(args.work_dir, args.study, name)
-        os.makedirs(out, exist_ok=True)
-        command = [sys.executable, os.path.join(REPO, "scripts", script), "--output_dir", out, *flags]
-        started = time.time()
-        with open(os.path.join(out, "run.log"), "w") as log:
-            subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=log)
-        record = {
-            "study": args.study, "run": name, "task": task, "arm": arm,
-            "command": " ".join(["python", f"scripts/{script}", *flags]).replace(os.path.dirname(REPO), ".."),
-            "wall_seconds": time.time() - started,
-            "results": json.load(open(os.path.join(out, "all_results.json"))),
-            "timeline": json.load(open(os.path.join(out, "eval_timeline.json"))),
-            "log_history": json.load(open(os.path.join(out, "trainer_state.json")))["log_history"],
-        }
-        with open(target, "w") as f:
-            json.dump(record, f, indent=1)
-        print(f"{name}: {record['wall_seconds']:.0f}s {json.dumps({k: v for k, v in record['results'].items() if k.startswith('eval_') and 'runtime' not in k and 'per_second' not in k})}", flush=True)
+    run_resumable(os.path.join(args.results, args.study), [
+        (name, functools.partial(run_script, args.study, name, task, arm, script, flags, args.work_dir))
+        for name, task, arm, (script, *flags) in plan(args.study) if not args.only or task in args.only])
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ same command resumes a study. ``report`` prints the per-arm table and writes a s
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,8 +41,10 @@ from transformers import (
     set_seed,
 )
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (  # noqa: E402
+from mmr_transformers import MMRTrainer, MMRTrainingArguments
+from mmr_transformers.recipes.runner import accuracy
+
+from common import (
     REPO,
     OthersLoad,
     busy_fraction,
@@ -49,40 +52,43 @@ from common import (  # noqa: E402
     inference_seconds,
     minilm_path,
     require_quiet_machine,
+    run_resumable,
     sst2_tokenized,
+    time_to_target,
+    unpack_cifar_jpegs,
 )
-
-from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
 
 RESULTS = os.path.join(REPO, "docs", "results", "time-to-accuracy")
 MAX_OTHERS_LOAD = 0.15
 
 
 class BudgetClock(TrainerCallback):
-    """Training wall time against a budget: stops training once ``budget_seconds`` are spent."""
+    """Training wall time against a budget: stops training once ``budget_seconds`` are spent. ``clock`` gives the
+    time in seconds (``time.perf_counter``; tests pass a fake one)."""
 
-    def __init__(self, budget_seconds: float):
+    def __init__(self, budget_seconds: float, clock: Callable[[], float] = time.perf_counter):
         self.budget_seconds = budget_seconds
+        self.clock = clock
         self.started: float | None = None
         self.stopped: float | None = None
 
     def elapsed(self) -> float:
         if self.started is None:
             return 0.0
-        return (self.stopped or time.perf_counter()) - self.started
+        return (self.clock() if self.stopped is None else self.stopped) - self.started
 
     def fraction(self) -> float:
         return min(1.0, self.elapsed() / self.budget_seconds)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.started, self.stopped = time.perf_counter(), None
+        self.started, self.stopped = self.clock(), None
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.elapsed() >= self.budget_seconds:
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.stopped = time.perf_counter()
+        self.stopped = self.clock()
 
 
 def budget_lr_factor(fraction: float, warmup: float) -> float:
@@ -106,9 +112,6 @@ class Workload:
     warmup: float
     scoring_short: dict  # the MMRTrainingArguments fields of the "shorter inputs for scoring" arm
     extra_args: dict = field(default_factory=dict)
-
-    def accuracy(self, prediction) -> dict[str, float]:
-        return {"accuracy": float(np.mean(np.argmax(prediction.predictions, axis=1) == prediction.label_ids))}
 
 
 class SST2(Workload):
@@ -136,9 +139,6 @@ class CIFAR10(Workload):
                          extra_args={"remove_unused_columns": False, "dataloader_num_workers": 1})
 
     def data(self):
-        sys.path.insert(0, os.path.join(REPO, "scripts"))
-        from study import unpack_cifar_jpegs
-
         from mmr_transformers.recipes.image_data import load_image_datasets
 
         train, test, _ = load_image_datasets("imagefolder", unpack_cifar_jpegs())
@@ -195,7 +195,7 @@ def run_one(workload: Workload, arm: str, budget: float, seed: int, data) -> dic
             **arm_settings(workload, arm),
         )
         trainer = MMRTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                             data_collator=collator, compute_metrics=workload.accuracy,
+                             data_collator=collator, compute_metrics=accuracy,
                              optimizers=(optimizer, budget_scheduler(optimizer, clock, workload.warmup)),
                              callbacks=[clock])
         load = OthersLoad().start()
@@ -218,35 +218,34 @@ def run_one(workload: Workload, arm: str, budget: float, seed: int, data) -> dic
 
 def run(args):
     workload = WORKLOADS[args.workload]
-    out_dir = os.path.join(args.results, workload.name)
-    os.makedirs(out_dir, exist_ok=True)
     with exclusive_cpu():  # preparing data is CPU work too: not while another run is timed
         require_quiet_machine(args.force)
         data = workload.data()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    for budget in args.budgets:
-        for seed in args.seeds:
-            for arm in args.arms:
-                path = os.path.join(out_dir, f"{arm}-budget{budget:g}-seed{seed}.json")
-                if os.path.exists(path):
-                    continue
-                for attempt in range(args.attempts):
-                    with exclusive_cpu():
-                        wait_for_quiet(args)
-                        started = time.time()
-                        record = run_one(workload, arm, budget, seed, data)
-                    record.update(command="python " + " ".join(sys.argv), commit=commit,
-                                  torch_threads=torch.get_num_threads(), wall_seconds=time.time() - started,
-                                  device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
-                    summary = (f"{arm} budget {budget:g}s seed {seed}: acc {record['accuracy']:.4f}, "
-                               f"{record['steps']} steps, {record['step_seconds']:.3f} s/step, "
-                               f"others {record['cpu_load_by_others']:.0%}")
-                    if record["cpu_load_by_others"] <= MAX_OTHERS_LOAD or args.force:
-                        with open(path, "w") as f:
-                            json.dump(record, f, indent=1)
-                        print(summary, flush=True)
-                        break
-                    print(f"DISCARDED (machine busy): {summary}", flush=True)
+    run_resumable(os.path.join(args.results, workload.name), [
+        (f"{arm}-budget{budget:g}-seed{seed}", functools.partial(quiet_run, args, workload, arm, budget, seed, data, commit))
+        for budget in args.budgets for seed in args.seeds for arm in args.arms])
+
+
+def quiet_run(args, workload: Workload, arm: str, budget: float, seed: int, data, commit: str) -> dict | None:
+    """:func:`run_one` under the CPU lock, up to ``args.attempts`` times until other processes used at most
+    ``MAX_OTHERS_LOAD`` of the CPU while it trained (any load with ``--force``); ``None`` when every try was busy."""
+    for _ in range(args.attempts):
+        with exclusive_cpu():
+            wait_for_quiet(args)
+            started = time.time()
+            record = run_one(workload, arm, budget, seed, data)
+        record.update(command="python " + " ".join(sys.argv), commit=commit,
+                      torch_threads=torch.get_num_threads(), wall_seconds=time.time() - started,
+                      device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+        summary = (f"{arm} budget {budget:g}s seed {seed}: acc {record['accuracy']:.4f}, "
+                   f"{record['steps']} steps, {record['step_seconds']:.3f} s/step, "
+                   f"others {record['cpu_load_by_others']:.0%}")
+        if record["cpu_load_by_others"] <= MAX_OTHERS_LOAD or args.force:
+            print(summary, flush=True)
+            return record
+        print(f"DISCARDED (machine busy): {summary}", flush=True)
+    return None
 
 
 def wait_for_quiet(args, patience_seconds: float = 600):
@@ -259,23 +258,6 @@ def wait_for_quiet(args, patience_seconds: float = 600):
 
 
 # ---- report -------------------------------------------------------------------------------------------
-
-def time_to_target(points: list[tuple[float, float]], target: float) -> dict:
-    """``points`` = (budget, final accuracy), any order. ``grid``: smallest budget reaching ``target``;
-    ``interpolated``: log-linear between the budget before it and it (``grid`` when the first budget reaches
-    it, ``censored='below'``: an upper bound); ``None`` with ``censored='above'`` when no budget does. Ratios
-    use uncensored times only."""
-    points = sorted(points)
-    for i, (budget, accuracy) in enumerate(points):
-        if accuracy >= target:
-            if i == 0:
-                return {"grid": budget, "interpolated": budget, "censored": "below"}  # an upper bound only
-            (b0, a0) = points[i - 1]
-            share = (target - a0) / (accuracy - a0)
-            return {"grid": budget, "interpolated": math.exp(math.log(b0) + share * (math.log(budget) - math.log(b0))),
-                    "censored": None}
-    return {"grid": None, "interpolated": None, "censored": "above"}
-
 
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)} if values else None

@@ -1,12 +1,16 @@
-"""The results tool: mean ± std over seeds per task and arm, and a plot file."""
+"""The results tool: mean ± std over seeds per task and arm, time to the reference arm's final metric (through
+the benchmarks' one ``time_to_target``), and a plot file."""
 
 import json
 import os
 import statistics
+import sys
 
-from builders import load_script
+from builders import REPO, load_script
 
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # where the benchmarks find ``common``, as ``python benchmarks/x.py`` does
 collect_results = load_script("collect_results", "benchmarks")
+import common  # noqa: E402  (the module collect_results imports)
 
 
 def record(task, arm, seed, **results):
@@ -41,3 +45,14 @@ def test_time_to_reference_finds_the_first_evaluation_at_the_reference_final_met
     assert "target = random's mean final accuracy 82.00, reached after its mean 22 s of training" in text
     assert "| random | 1/2 | 20 | 24 | 1.09 | 75.00 ± 7.07 |" in text
     assert "| mms | 1/2 | 10 | 15 | 0.68 | 76.50 ± 9.19 |" in text
+    assert collect_results.time_to_target is common.time_to_target  # one method: its grid is the first evaluation
+
+
+def test_time_to_reference_counts_the_first_evaluation_at_the_target_not_a_later_dip():
+    def run(arm, points):
+        return {"run": f"x-{arm}", "task": "sst2", "arm": arm, "results": {},
+                "timeline": [{"step": s, "train_seconds": t, "eval_accuracy": a} for s, t, a in points]}
+
+    runs = [run("random", [(10, 10.0, 0.7), (20, 20.0, 0.8)]), run("mms", [(10, 9.0, 0.85), (20, 18.0, 0.75), (30, 27.0, 0.9)])]
+    text = collect_results.time_to_reference(runs, "random")
+    assert "| mms | 1/1 | 10 | 9 | 0.45 | 75.00 |" in text and "| random | 1/1 | 20 | 20 | 1.00 | 80.00 |" in text

@@ -1,42 +1,119 @@
-"""The equal-compute benchmark's protocol pieces: time to target, the budget clock and its LR schedule."""
+"""The benchmarks' shared protocol pieces: the resumable runner (one JSON per run, existing runs skipped) as
+``time_to_accuracy.py`` and ``study.py`` use it, time to target, the budget clock and its LR schedule."""
 
 import argparse
-import importlib.util
+import contextlib
 import json
 import math
 import os
 import sys
+import time
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
-from builders import make_args, tiny_model, token_dataset
+from builders import REPO, load_script, make_args, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer
+from mmr_transformers.recipes import runner
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # where the benchmarks find ``common``, as ``python benchmarks/x.py`` does
+import common  # noqa: E402  (the module the benchmarks import)
 
-
-@pytest.fixture(scope="module")
-def tta():
-    sys.path.insert(0, BENCHMARKS)
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", os.path.join(BENCHMARKS, "time_to_accuracy.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["time_to_accuracy"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+tta = load_script("time_to_accuracy", "benchmarks")  # registered in sys.modules: its dataclasses look their module up
+study = load_script("study", "benchmarks")
 
 
-def test_time_to_target_is_the_first_budget_reaching_it_interpolated_in_log_budget(tta):
+def test_time_to_target_is_the_first_budget_reaching_it_interpolated_in_log_budget():
     points = [(320, 0.87), (80, 0.80), (160, 0.84)]
-    result = tta.time_to_target(points, 0.85)
+    result = common.time_to_target(points, 0.85)
     assert result["grid"] == 320 and result["censored"] is None
     share = (0.85 - 0.84) / (0.87 - 0.84)
     assert result["interpolated"] == pytest.approx(160 * 2 ** share)
-    assert tta.time_to_target(points, 0.79) == {"grid": 80, "interpolated": 80, "censored": "below"}
-    assert tta.time_to_target(points, 0.90) == {"grid": None, "interpolated": None, "censored": "above"}
+    assert common.time_to_target(points, 0.79) == {"grid": 80, "interpolated": 80, "censored": "below"}
+    assert common.time_to_target(points, 0.90) == {"grid": None, "interpolated": None, "censored": "above"}
 
 
-def test_report_pairs_seeds_and_bounds_an_arm_that_never_reaches_the_target(tta, tmp_path, capsys):
+def test_the_benchmarks_share_one_runner_one_time_to_target_and_one_accuracy():
+    assert tta.time_to_target is common.time_to_target and tta.run_resumable is common.run_resumable
+    assert study.run_resumable is common.run_resumable and tta.unpack_cifar_jpegs is common.unpack_cifar_jpegs
+    assert tta.accuracy is runner.accuracy and not hasattr(tta.Workload, "accuracy")
+
+
+def test_the_resumable_runner_skips_existing_results_and_writes_one_json_per_run(tmp_path):
+    (tmp_path / "b.json").write_text('{"kept": true}')
+    called = []
+
+    def make(name, record):
+        def make_record():
+            called.append(name)
+            assert sorted(os.listdir(tmp_path)) == sorted(["b.json", *(f"{n}.json" for n in called[:-1] if n != "d")])
+            return record
+        return make_record
+
+    plan = [(name, make(name, None if name == "d" else {"run": name})) for name in ("a", "b", "c", "d")]
+    written = common.run_resumable(str(tmp_path), plan)
+    assert called == ["a", "c", "d"] and written == ["a", "c"]  # b existed; d was discarded (None)
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json", "c.json"]
+    assert json.load(open(tmp_path / "a.json")) == {"run": "a"} and json.load(open(tmp_path / "b.json")) == {"kept": True}
+    assert common.run_resumable(str(tmp_path), [(n, make(n, {"run": n})) for n in ("a", "b", "c")]) == []
+    assert called == ["a", "c", "d"]  # a second pass over a finished study runs nothing
+
+
+def test_time_to_accuracy_retries_a_busy_run_and_records_only_quiet_ones(tmp_path, monkeypatch):
+    loads = {("mms", 0): [0.5, 0.01], ("random", 0): [0.01], ("mms", 1): [0.5, 0.5], ("random", 1): [0.01]}
+    runs = []
+
+    def run_one(workload, arm, budget, seed, data):
+        runs.append((arm, seed))
+        assert data == "data"
+        return {"arm": arm, "seed": seed, "accuracy": 0.8, "steps": 10, "step_seconds": 0.1,
+                "cpu_load_by_others": loads[(arm, seed)].pop(0)}
+
+    class Workload:
+        name = "sst2"
+
+        def data(self):
+            return "data"
+
+    monkeypatch.setitem(tta.WORKLOADS, "sst2", Workload())
+    monkeypatch.setattr(tta, "run_one", run_one)
+    monkeypatch.setattr(tta, "exclusive_cpu", contextlib.nullcontext)
+    monkeypatch.setattr(tta, "require_quiet_machine", lambda force: 0.0)
+    monkeypatch.setattr(tta, "busy_fraction", lambda: 0.0)
+    os.makedirs(tmp_path / "sst2")
+    (tmp_path / "sst2" / "random-budget80-seed1.json").write_text("{}")
+    tta.run(argparse.Namespace(workload="sst2", results=str(tmp_path), budgets=[80.0], seeds=[0, 1],
+                               arms=["random", "mms"], attempts=2, force=False))
+    assert runs == [("random", 0), ("mms", 0), ("mms", 0), ("mms", 1), ("mms", 1)]  # seed 1's random existed
+    assert sorted(os.listdir(tmp_path / "sst2")) == ["mms-budget80-seed0.json", "random-budget80-seed0.json",
+                                                      "random-budget80-seed1.json"]  # mms seed 1 stayed busy
+    record = json.load(open(tmp_path / "sst2" / "mms-budget80-seed0.json"))
+    assert record["cpu_load_by_others"] == 0.01 and record["device"] and "wall_seconds" in record
+
+
+def test_a_study_runs_each_planned_script_once_and_skips_what_exists(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMR_MINILM_DIR", str(tmp_path / "minilm"))  # plan() only names the encoder
+    calls = []
+
+    def run_script(study_name, name, task, arm, script, flags, work_dir):
+        calls.append((name, script))
+        return {"run": name, "task": task, "arm": arm, "flags": flags}
+
+    monkeypatch.setattr(study, "run_script", run_script)
+    results = tmp_path / "results"
+    os.makedirs(results / "mmr-sweep")
+    (results / "mmr-sweep" / "rte-baseline-seed1.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["study.py", "mmr-sweep", "--only", "rte", "--results", str(results)])
+    study.main()
+    expected = [f"rte-{arm}-seed{seed}" for arm in ("baseline", "mmr1e-5", "mmr1e-3") for seed in (1, 2, 3)]
+    assert calls == [(name, "run_glue.py") for name in expected[1:]]
+    assert sorted(os.listdir(results / "mmr-sweep")) == sorted(f"{name}.json" for name in expected)
+    record = json.load(open(results / "mmr-sweep" / "rte-mmr1e-3-seed2.json"))
+    assert record["arm"] == "mmr1e-3" and record["flags"][record["flags"].index("--seed") + 1] == "2"
+
+
+def test_report_pairs_seeds_and_bounds_an_arm_that_never_reaches_the_target(tmp_path, capsys):
     runs = {("random", 0): {80: 0.80, 160: 0.86}, ("random", 1): {80: 0.82, 160: 0.87},
             ("mms", 0): {80: 0.84, 160: 0.88}, ("mms", 1): {80: 0.81, 160: 0.84}}  # mms seed 1 never reaches 0.85
     os.makedirs(tmp_path / "sst2")
@@ -59,21 +136,29 @@ def test_report_pairs_seeds_and_bounds_an_arm_that_never_reaches_the_target(tta,
     assert f"1 not reached: > {160 / random_times[1]:.2f}" in capsys.readouterr().out
 
 
-def test_the_learning_rate_warms_up_then_reaches_zero_exactly_at_the_budget(tta):
+def test_the_learning_rate_warms_up_then_reaches_zero_exactly_at_the_budget():
     factor = lambda f: tta.budget_lr_factor(f, warmup=0.1)  # noqa: E731
     assert [factor(0), factor(0.05), factor(0.1), factor(0.55), factor(1.0)] == pytest.approx([0, 0.5, 1, 0.5, 0])
 
 
-def test_training_stops_when_the_budget_is_spent_and_the_rate_follows_the_clock(tta, output_dir):
+def test_training_stops_when_the_budget_is_spent_and_the_rate_follows_the_clock(output_dir):
+    now = [100.0]
+
+    class Tick(TrainerCallback):  # every optimizer step takes 1/32 s on the fake clock (runs before the budget's)
+        def on_step_end(self, args, state, control, **kwargs):
+            now[0] += 1 / 32
+
     model = tiny_model("bert")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    clock = tta.BudgetClock(budget_seconds=1.0)
+    clock = tta.BudgetClock(budget_seconds=1.0, clock=lambda: now[0])
     args = make_args(output_dir, max_steps=10**6, mmr_alpha=0.0, logging_steps=1)
-    trainer = MMRTrainer(model=model, args=args, train_dataset=token_dataset(64), callbacks=[clock],
+    trainer = MMRTrainer(model=model, args=args, train_dataset=token_dataset(64), callbacks=[Tick(), clock],
                          optimizers=(optimizer, tta.budget_scheduler(optimizer, clock, warmup=0.0)))
     trainer.train()
-    steps = trainer.state.global_step
-    assert 1 < steps < 10**6 and clock.elapsed() >= 1.0
-    assert clock.elapsed() - 1.0 < 3 * clock.elapsed() / steps  # stopped within a few steps of the budget
+    assert trainer.state.global_step == 32 and clock.elapsed() == 1.0  # stopped at the step that spent the budget
     rates = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    # the rate step s trains with was set by the scheduler in step s - 1, at (s - 2)/32 of the budget (steps 1
+    # and 2: the start's)
+    assert rates == pytest.approx([1e-3] + [1e-3 * (1 - i / 32) for i in range(31)])
     assert rates == sorted(rates, reverse=True) and rates[-1] < 0.1 * 1e-3 and not math.isclose(rates[0], rates[-1])
+    assert tta.BudgetClock(1.0).clock is time.perf_counter  # real runs read the wall clock

@@ -7,7 +7,19 @@ import os
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 from transformers import HfArgumentParser
+
+
+def accuracy(eval_prediction) -> dict[str, float]:
+    """``compute_metrics`` for a classifier: the share of rows whose largest logit is the label's.
+
+    >>> from transformers import EvalPrediction
+    >>> accuracy(EvalPrediction(predictions=np.array([[0.1, 2.0], [3.0, -1.0]]), label_ids=np.array([1, 1])))
+    {'accuracy': 0.5}
+    """
+    predictions = np.argmax(eval_prediction.predictions, axis=1)
+    return {"accuracy": float(np.mean(predictions == eval_prediction.label_ids))}
 
 
 def parse_layered(parser: HfArgumentParser, layers: list[tuple[str, dict[str, Any]]], argv: list[str]):
