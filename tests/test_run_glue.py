@@ -5,9 +5,10 @@ import json
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
 from builders import accelerate_launch, load_script
 from mmr_transformers.recipes.glue import get_task, glue_metrics, load_local, read_split
@@ -27,7 +28,7 @@ def model_dir(tmp_path_factory):
     BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
+                        intermediate_size=32, max_position_embeddings=64, initializer_range=0.5)
     BertModel(config).save_pretrained(path)
     return str(path)
 
@@ -36,129 +37,270 @@ def sentence(rng):
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
 
 
-def write_rows(path, header, rows, quoting=csv.QUOTE_NONE, bom=False):
-    """Tab-separated rows: verbatim (the official GLUE files) or with CSV quoting (a Hugging Face export)."""
+def write_rows(path, header, rows, quoting=csv.QUOTE_NONE, bom=False, delimiter="\t"):
+    """Delimited rows: verbatim (the official GLUE files) or with CSV quoting (a Hugging Face export)."""
     lines = ([header] if header else []) + rows
     with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
         if quoting == csv.QUOTE_NONE:
-            f.writelines("\t".join(str(v) for v in line) + "\n" for line in lines)
+            f.writelines(delimiter.join(str(v) for v in line) + "\n" for line in lines)
         else:
-            csv.writer(f, delimiter="\t", quoting=quoting, lineterminator="\n").writerows(lines)
+            csv.writer(f, delimiter=delimiter, quoting=quoting, lineterminator="\n").writerows(lines)
+
+
+# ---- every local layout, read row by row ----------------------------------------------------------------
+#
+# Each case: the task, the Hub columns the texts must come back under, how the files are written, and per file
+# (header, [(row as written, label id it must come back as)]). The texts of a row come back verbatim from the
+# columns named in `text_at`.
+
+LAYOUTS = {
+    "sst2": dict(task="sst-2", columns=("sentence",), text_at=(0,), files={
+        "train.tsv": (["sentence", "label"], [
+            (['it \'s a "charming" and often affecting journey . ', 1], 1),
+            (['" unflinchingly bleak and desperate ', 0], 0)]),
+        "dev.tsv": (["sentence", "label"], [(["the acting , costumes , music , cinematography are all excellent . ", 1], 1)]),
+    }),
+    "mrpc": dict(task="mrpc", columns=("sentence1", "sentence2"), text_at=(3, 4), bom=True, files={
+        "train.tsv": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], [
+            (["1", "702876", "702977", '"The foodservice pie business does not fit our long-term growth strategy.',
+              "The foodservice pie business doesn't fit our long-term growth strategy."], 1),
+            (["0", "2108705", "2108831", "Yucaipa owned Dominick's before selling the chain to Safeway in 1998.",
+              'He said "no" twice.'], 0)]),
+        "dev.tsv": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], [
+            (["1", "1", "2", "He said the foodservice pie business doesn 't fit.", '"Quotes" open and close.'], 1)]),
+    }),
+    "rte": dict(task="rte", columns=("sentence1", "sentence2"), text_at=(1, 2), files={
+        "train.tsv": (["index", "sentence1", "sentence2", "label"], [
+            (["0", 'He said "no deal".', "No deal was made.", "entailment"], 0),
+            (["1", "Dana Reeve, the widow of the actor, died.", "Christopher Reeve had an accident.", "not_entailment"], 1)]),
+        "dev.tsv": (["index", "sentence1", "sentence2", "label"], [
+            (["0", "The cat sat.", "A cat sat.", "entailment"], 0),
+            (["1", "It rained.", "It was dry.", "not_entailment"], 1)]),
+    }),
+    "rte-hf-tsv": dict(task="rte", columns=("sentence1", "sentence2"), text_at=(0, 1), quoting=csv.QUOTE_MINIMAL, files={
+        "train.tsv": (["sentence1", "sentence2", "label", "idx"], [
+            (['he said "hi"', "a tab\tinside", "1", "0"], 1),
+            (['"quoted at both ends"', "plain", "0", "1"], 0)]),
+        "validation.tsv": (["sentence1", "sentence2", "label", "idx"], [(["x, y", 'z "w"', "0", "0"], 0)]),
+    }),
+    "rte-hf-csv": dict(task="rte", columns=("sentence1", "sentence2"), text_at=(0, 1), quoting=csv.QUOTE_MINIMAL,
+                       delimiter=",", files={
+        "train.csv": (["sentence1", "sentence2", "label", "idx"], [
+            (["commas, inside, text", 'and "quotes"', "1", "0"], 1),
+            (["plain", "it's fine", "0", "1"], 0)]),
+        "validation.csv": (["sentence1", "sentence2", "label", "idx"], [(['a "b", c', "d", "1", "0"], 1)]),
+    }),
+    "qnli": dict(task="qnli", columns=("question", "sentence"), text_at=(1, 2), files={
+        "train.tsv": (["index", "question", "sentence", "label"], [
+            (["0", "When did the war end?", 'It ended in 1945, "officially".', "entailment"], 0),
+            (["1", "Who won?", "Nobody knows.", "not_entailment"], 1)]),
+        "dev.tsv": (["index", "question", "sentence", "label"], [(["0", "What is it?", "It is a cat.", "entailment"], 0)]),
+    }),
+    "qqp": dict(task="qqp", columns=("question1", "question2"), text_at=(3, 4), files={
+        "train.tsv": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], [
+            (["133273", "213221", "213222", "How is the life of a math student?", 'What is "life" like for a math student?', "1"], 1),
+            (["402555", "536040", "536041", "How do I control my horny emotions?", "How do you train a dog?", "0"], 0)]),
+        "dev.tsv": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], [
+            (["1", "2", "3", "Why?", "Why not?", "0"], 0)]),
+    }),
+    "mnli": dict(task="mnli", columns=("premise", "hypothesis"), text_at=(8, 9), files={
+        "train.tsv": ([
+            "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse",
+            "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"], [
+            (["0", "31193", "31193n", "government", "( ( Conceptually cream ) skimming )", "( Product ( and geography ) )",
+              "(ROOT (S))", "(ROOT (S))", "Conceptually cream skimming has two basic dimensions.",
+              "Product and geography are what make cream skimming work. ", "neutral", "neutral"], 1),
+            (["1", "101457", "101457e", "telephone", "( you ( know ) )", "( You ( lose ) )", "(ROOT)", "(ROOT)",
+              'you know during the season and i guess at "your" level', "You lose the things.", "entailment",
+              "entailment"], 0)]),
+        "dev_matched.tsv": ([
+            "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse",
+            "sentence2_parse", "sentence1", "sentence2", "label1", "label2", "label3", "label4", "label5", "gold_label"], [
+            (["0", "63735", "63735n", "slate", "( a )", "( b )", "(ROOT)", "(ROOT)", "The new rights are nice enough",
+              "Everyone really likes the newest benefits ", "neutral", "entailment", "neutral", "neutral", "neutral",
+              "neutral"], 1)]),
+        "dev_mismatched.tsv": ([
+            "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse",
+            "sentence2_parse", "sentence1", "sentence2", "label1", "label2", "label3", "label4", "label5", "gold_label"], [
+            (["0", "75290", "75290c", "letters", "( a )", "( b )", "(ROOT)", "(ROOT)", "Your contribution helped.",
+              "Your contributions were of no help.", "contradiction", "contradiction", "contradiction", "contradiction",
+              "contradiction", "contradiction"], 2),
+            (["1", "133794", "133794c", "verbatim", "( a )", "( b )", "(ROOT)", "(ROOT)", "The answer is 'no'.",
+              "The answer is yes.", "contradiction", "contradiction", "contradiction", "neutral", "contradiction",
+              "contradiction"], 2)]),
+    }),
+    "cola": dict(task="cola", columns=("sentence",), text_at=(3,), files={  # official: no header
+        "train.tsv": (None, [
+            (["gj04", "1", "", "Our friends won't buy this analysis, let alone the next one we propose."], 1),
+            (["gj04", "0", "*", "They drank the pub."], 0)]),
+        "dev.tsv": (None, [(["cj99", "0", "*", 'Mary said "hello" him.'], 0), (["cj99", "1", "", "Mary left."], 1)]),
+    }),
+    "stsb": dict(task="sts-b", columns=("sentence1", "sentence2"), text_at=(7, 8), files={
+        "train.tsv": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                       "score"], [
+            (["0", "main-captions", "MSRvid", "2012test", "0001", "none", "none", "A plane is taking off.",
+              "An air plane is taking off.", "5.000"], 5.0),
+            (["1", "main-captions", "MSRvid", "2012test", "0004", "none", "none", 'A man says "hi".',
+              "A man is playing a flute.", "0.750"], 0.75)]),
+        "dev.tsv": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                     "score"], [(["0", "g", "f", "y", "0", "s", "s", "A man.", "A woman.", "3.8"], 3.8)]),
+    }),
+}
+SPLIT_OF = {"train": "train", "dev": "validation", "validation": "validation", "dev_matched": "validation_matched",
+            "dev_mismatched": "validation_mismatched"}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_each_local_layout_reads_back_the_written_texts_and_label_ids(layout, tmp_path):
+    case = LAYOUTS[layout]
+    expected = {}
+    for name, (header, written) in case["files"].items():
+        write_rows(tmp_path / name, header, [row for row, _ in written], quoting=case.get("quoting", csv.QUOTE_NONE),
+                   bom=case.get("bom", False), delimiter=case.get("delimiter", "\t"))
+        expected[SPLIT_OF[name.rsplit(".", 1)[0]]] = [
+            (*(row[i] for i in case["text_at"]), label) for row, label in written]
+    data = load_local(get_task(case["task"]), str(tmp_path))
+    assert sorted(data) == sorted(expected)
+    for split, rows_expected in expected.items():
+        assert sorted(data[split].column_names) == sorted([*case["columns"], "label"]), split
+        got = [(*(row[c] for c in case["columns"]), row["label"]) for row in data[split]]
+        assert got == rows_expected, split
+        assert all(type(label) is type(want) for (*_, label), (*_, want) in zip(got, rows_expected)), split
+
+
+# ---- run_glue.main end to end -----------------------------------------------------------------------------
 
 
 def write_task(directory, layout, n=40, seed=0):
-    """GLUE files of one layout with n train and n//2 dev rows; returns the task name."""
+    """Generated GLUE files of one layout with n train and n//2 dev rows; returns {split: [(text_a, text_b, label id)]}."""
     rng = random.Random(seed)
     os.makedirs(directory, exist_ok=True)
-    splits = {"train": n, "dev": n // 2}
-    nli3 = ["entailment", "neutral", "contradiction"]
-    for split, rows_n in splits.items():
-        files = [split] if not (layout == "mnli" and split == "dev") else ["dev_matched", "dev_mismatched"]
-        for name in files:
-            p = os.path.join(directory, f"{name}.tsv")
-            if layout == "sst2":
-                write_rows(p, ["sentence", "label"], [[sentence(rng) + " ", rng.randint(0, 1)] for _ in range(rows_n)])
-            elif layout == "mrpc":  # official: BOM, unbalanced quotes, QUOTE_NONE
-                write_rows(p, ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-                           [[rng.randint(0, 1), i, i + 1, '"' + sentence(rng), sentence(rng)] for i in range(rows_n)], bom=True)
-            elif layout == "rte-hf":  # Hugging Face export: CSV quoting, integer labels, idx
-                write_rows(p, ["sentence1", "sentence2", "label", "idx"],
-                           [['he said "' + sentence(rng) + '"', sentence(rng), rng.randint(0, 1), i] for i in range(rows_n)],
-                           quoting=csv.QUOTE_MINIMAL)
-            elif layout == "rte":  # official: string labels
-                write_rows(p, ["index", "sentence1", "sentence2", "label"],
-                           [[i, sentence(rng), sentence(rng), rng.choice(["entailment", "not_entailment"])] for i in range(rows_n)])
-            elif layout == "qnli":
-                write_rows(p, ["index", "question", "sentence", "label"],
-                           [[i, sentence(rng), sentence(rng), rng.choice(["entailment", "not_entailment"])] for i in range(rows_n)])
-            elif layout == "qqp":
-                write_rows(p, ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-                           [[i, 2 * i, 2 * i + 1, sentence(rng), sentence(rng), rng.randint(0, 1)] for i in range(rows_n)])
-            elif layout == "mnli":
-                write_rows(p, ["index", "promptID", "pairID", "genre", "sentence1", "sentence2", "label1", "gold_label"],
-                           [[i, i, i, "fiction", sentence(rng), sentence(rng), "x", rng.choice(nli3)] for i in range(rows_n)])
-            elif layout == "cola":  # official: no header
-                write_rows(p, None, [["src", rng.randint(0, 1), "", sentence(rng)] for _ in range(rows_n)])
-            elif layout == "stsb":
-                write_rows(p, ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
-                               "sentence2", "score"],
-                           [[i, "g", "f", "y", i, "s", "s", sentence(rng), sentence(rng), round(rng.uniform(0, 5), 2)]
-                            for i in range(rows_n)])
-    return {"rte-hf": "rte"}.get(layout, layout)
+    nli3 = {"entailment": 0, "neutral": 1, "contradiction": 2}
+    files = {"train": n, "dev": n // 2} if layout != "mnli" else {"train": n, "dev_matched": n // 2, "dev_mismatched": n // 2}
+    written = {}
+    for name, rows_n in files.items():
+        path = os.path.join(directory, f"{name}.tsv")
+        pairs = [(sentence(rng), sentence(rng)) for _ in range(rows_n)]
+        if layout == "mrpc":  # official: BOM, unbalanced quotes, QUOTE_NONE
+            labels = [rng.randint(0, 1) for _ in pairs]
+            pairs = [('"' + a, b) for a, b in pairs]
+            write_rows(path, ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+                       [[y, i, i + 1, a, b] for i, ((a, b), y) in enumerate(zip(pairs, labels))], bom=True)
+        elif layout == "rte-hf":  # Hugging Face export: CSV quoting, integer labels, idx
+            labels = [rng.randint(0, 1) for _ in pairs]
+            pairs = [('he said "' + a + '"', b) for a, b in pairs]
+            write_rows(path, ["sentence1", "sentence2", "label", "idx"],
+                       [[a, b, y, i] for i, ((a, b), y) in enumerate(zip(pairs, labels))], quoting=csv.QUOTE_MINIMAL)
+        elif layout == "mnli":
+            names = [rng.choice(sorted(nli3)) for _ in pairs]
+            labels = [nli3[name] for name in names]
+            write_rows(path, ["index", "promptID", "pairID", "genre", "sentence1", "sentence2", "label1", "gold_label"],
+                       [[i, i, i, "fiction", a, b, "x", y] for i, ((a, b), y) in enumerate(zip(pairs, names))])
+        elif layout == "stsb":
+            labels = [round(rng.uniform(0, 5), 2) for _ in pairs]
+            write_rows(path, ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
+                              "sentence2", "score"],
+                       [[i, "g", "f", "y", i, "s", "s", a, b, y] for i, ((a, b), y) in enumerate(zip(pairs, labels))])
+        else:
+            raise ValueError(layout)
+        written[name] = [(a, b, y) for (a, b), y in zip(pairs, labels)]
+    return written
 
 
-def glue_argv(tmp_path, model_dir, layout, *extra):
-    """Command-line arguments for one epoch on 40 generated rows of ``layout``; returns them and the output dir."""
+def glue_argv(tmp_path, model_dir, layout, task, *extra):
+    """Command-line arguments for one epoch on 40 generated rows of ``layout``; returns them, the written rows and
+    the output dir."""
     data_dir = tmp_path / layout
-    task = write_task(data_dir, layout)
+    written = write_task(data_dir, layout)
     out = tmp_path / f"out-{layout}"
     argv = ["--task", task, "--data_dir", str(data_dir), "--model_name_or_path", model_dir, "--output_dir", str(out),
             "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--use_cpu", "--report_to", "none",
             "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true", "--max_seq_length", "32", *extra]
-    return argv, out
+    return argv, written, out
 
 
-def run(tmp_path, model_dir, layout, *extra):
-    argv, out = glue_argv(tmp_path, model_dir, layout, *extra)
-    run_glue.main(argv)
-    return json.load(open(out / "all_results.json")), json.load(open(out / "run_config.json")), out
+def recomputed_metrics(out, rows):
+    """Accuracy, binary F1 and mean cross-entropy of the model saved in ``out`` on ``rows`` ((text_a, text_b, label)),
+    each row tokenized and predicted on its own; and the predictions."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    labels = np.array([y for _, _, y in rows])
+    with torch.no_grad():
+        logits = torch.cat([model(**tokenizer(a, b, truncation=True, max_length=32, return_tensors="pt")).logits
+                            for a, b, _ in rows])
+    predicted = logits.argmax(1).numpy()
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item()
+    metrics = {"accuracy": accuracy_score(labels, predicted), "loss": loss}
+    if logits.shape[1] == 2:
+        metrics["f1"] = f1_score(labels, predicted)
+    return metrics, predicted
 
 
-@pytest.mark.parametrize("layout, metric_keys", [
-    ("sst2", ["eval_accuracy"]),
-    ("mrpc", ["eval_f1", "eval_accuracy"]),
-    ("rte-hf", ["eval_accuracy"]),
-    ("rte", ["eval_accuracy"]),
-    ("qnli", ["eval_accuracy"]),
-    ("qqp", ["eval_f1", "eval_accuracy"]),
-    ("mnli", ["eval_accuracy", "eval_mm_accuracy"]),
-    ("cola", ["eval_matthews_correlation"]),
-])
-def test_runs_end_to_end_for_each_input_layout(tmp_path, model_dir, layout, metric_keys):
-    results, config, out = run(tmp_path, model_dir, layout, "--selection", "mms", "--selection_ratio", "2")
-    for key in metric_keys:
-        assert 0.0 <= results[key] <= 1.0 or key == "eval_matthews_correlation"
+def test_mrpc_end_to_end_reports_the_saved_models_f1_and_accuracy_and_layers_its_settings(tmp_path, model_dir):
+    argv, written, out = glue_argv(tmp_path, model_dir, "mrpc", "mrpc", "--selection", "mms", "--selection_ratio", "2",
+                                   "--mmr-alpha", "3e-4", "--learning_rate", "3e-5", "--logging_steps", "1")
+    results = run_glue.main(argv)
+    assert json.load(open(out / "all_results.json")) == pytest.approx(results)
+    expected, predicted = recomputed_metrics(out, written["dev"])
+    assert 0 < predicted.mean() < 1  # both classes predicted: F1 and accuracy say different things
+    assert results["eval_accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert results["eval_f1"] == pytest.approx(expected["f1"], abs=1e-12)
+    assert results["eval_loss"] == pytest.approx(expected["loss"], rel=1e-4)
     assert results["train_samples"] == 40 and results["eval_samples"] == 20
-    assert results["train_loss"] > 0
-    assert (out / "trainer_state.json").exists() and (out / "model.safetensors").exists()
+    history = json.load(open(out / "trainer_state.json"))["log_history"]
+    assert [h["mmr/samples_trained"] for h in history if "loss" in h] == [8, 8, 4]  # 40 rows scored in 16s, half kept
+    assert all(h["mmr/alpha"] == 3e-4 for h in history if "loss" in h)  # the command line wins over mrpc.json
+    config = json.load(open(out / "run_config.json"))
+    with open(os.path.join(run_glue.CONFIG_DIR, "mrpc.json")) as f:
+        file_settings = json.load(f)
+    assert (file_settings["mmr_alpha"], file_settings["learning_rate"], file_settings["num_train_epochs"]) == (1e-5, 2e-5, 3)
+    training = config["training"]
+    assert (training["mmr_alpha"], training["learning_rate"], training["num_train_epochs"]) == (3e-4, 3e-5, 1)  # command line
+    assert training["logging_strategy"] == "steps" and config["glue"]["max_seq_length"] == 32  # command line
+    assert config["glue"]["hidden_dropout_prob"] == file_settings["hidden_dropout_prob"] == 0.1  # from the file
 
 
+def test_mnli_end_to_end_reports_matched_and_mismatched_accuracy_of_the_saved_model(tmp_path, model_dir):
+    argv, written, out = glue_argv(tmp_path, model_dir, "mnli", "mnli",
+                                   "--config_file", os.path.join(run_glue.CONFIG_DIR, "mnli-mm.json"))
+    results = run_glue.main(argv)
+    for prefix, split in [("eval", "dev_matched"), ("eval_mm", "dev_mismatched")]:
+        expected, predicted = recomputed_metrics(out, written[split])
+        assert len(set(predicted.tolist())) > 1, split  # not one class everywhere
+        assert results[f"{prefix}_accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12), split
+        assert results[f"{prefix}_loss"] == pytest.approx(expected["loss"], rel=1e-4), split
+        assert results[f"{prefix}_samples"] == 20
+    assert results["eval_loss"] != results["eval_mm_loss"]  # two different files were evaluated
+    config = json.load(open(out / "run_config.json"))
+    assert config["training"]["mmr_alpha"] == 1e-6 and config["task"] == "mnli"  # the thesis' alpha for MNLI-mm
+
+
+@pytest.mark.distributed
 def test_accelerate_launch_trains_on_two_processes_and_exits_cleanly(tmp_path, model_dir):
     """The README's ``accelerate launch scripts/run_glue.py``, two CPU processes over gloo. Each rank scores its own
     candidate batch of k·b = 16 rows, so an epoch of 40 rows takes ceil(40 / 32) = 2 steps (3 in one process), and
     every process must exit 0 after rank 0 wrote the results."""
-    argv, out = glue_argv(tmp_path, model_dir, "rte-hf", "--selection", "mms", "--selection_ratio", "2",
-                          "--mmr-alpha", "1e-2", "--logging_steps", "1")
+    argv, written, out = glue_argv(tmp_path, model_dir, "rte-hf", "rte", "--selection", "mms", "--selection_ratio", "2",
+                                   "--mmr-alpha", "1e-2", "--logging_steps", "1")
     accelerate_launch(run_glue.__file__, argv)
     results = json.load(open(out / "all_results.json"))
-    assert results["train_samples"] == 40 and results["eval_samples"] == 20 and 0 <= results["eval_accuracy"] <= 1
+    assert results["train_samples"] == 40 and results["eval_samples"] == 20
+    expected, _ = recomputed_metrics(out, written["dev"])
+    assert results["eval_accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
     state = json.load(open(out / "trainer_state.json"))
     assert state["global_step"] == 2
     assert sum("mmr/penalty" in h for h in state["log_history"]) == 2  # MMR ran in the distributed steps
 
 
-def test_glue_configs_sit_under_the_command_line(tmp_path, model_dir):
-    _, config, out = run(tmp_path, model_dir, "rte-hf", "--mmr-alpha", "3e-4", "--logging_steps", "1")
-    training = config["training"]
-    with open(os.path.join(run_glue.CONFIG_DIR, "rte.json")) as f:
-        file_settings = json.load(f)
-    assert training["learning_rate"] == file_settings["learning_rate"] == 2e-5  # from the file
-    assert training["mmr_alpha"] == 3e-4  # the command line wins
-    assert training["num_train_epochs"] == 1
-    history = json.load(open(out / "trainer_state.json"))["log_history"]
-    assert any(h.get("mmr/alpha") == 3e-4 for h in history)
-
-
-def test_mnli_mismatched_config_uses_the_thesis_alpha(tmp_path, model_dir):
-    _, config, _ = run(tmp_path, model_dir, "mnli", "--config_file", os.path.join(run_glue.CONFIG_DIR, "mnli-mm.json"))
-    assert config["training"]["mmr_alpha"] == 1e-6 and config["task"] == "mnli"
-
-
-def test_regression_task_with_mmr_fails_with_a_message(tmp_path, model_dir):
+def test_a_regression_task_with_mmr_fails_with_a_message_and_its_config_turns_mmr_off(tmp_path, model_dir):
+    argv, _, _ = glue_argv(tmp_path, model_dir, "stsb", "stsb", "--mmr_alpha", "1e-5")
     with pytest.raises(SystemExit, match="STSB is a regression task .* --mmr_alpha 0 --selection none"):
-        run(tmp_path, model_dir, "stsb", "--mmr_alpha", "1e-5")
-    results, _, _ = run(tmp_path, model_dir, "stsb")  # glue_configs/stsb.json turns MMR off
-    assert -1.0 <= results["eval_pearson"] <= 1.0 and "eval_spearmanr" in results
+        run_glue.main(argv)
+    _, training_args = run_glue.parse_args(["--task", "stsb", "--output_dir", str(tmp_path / "o"), "--use_cpu"])
+    assert training_args.mmr_alpha == 0.0 and training_args.selection == "none"  # glue_configs/stsb.json
+    run_glue.check_task_settings(get_task("stsb"), training_args)  # accepted as it is
 
 
 def test_a_directory_with_the_wrong_columns_names_what_it_expected(tmp_path, model_dir):
@@ -177,12 +319,6 @@ def test_a_directory_without_the_split_files_lists_what_it_found(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match=r"no train file for MRPC in .*expected one of \['train.tsv', 'train.csv'\], found \['readme.txt'\]"):
         load_local(get_task("mrpc"), str(tmp_path / "empty"))
-
-
-def test_mrpc_quotes_are_read_verbatim(tmp_path):
-    write_task(tmp_path / "mrpc", "mrpc", n=10)
-    data = read_split(get_task("mrpc"), str(tmp_path / "mrpc" / "train.tsv"))
-    assert len(data) == 10 and all(s.startswith('"') for s in data["sentence1"])
 
 
 def test_unknown_string_labels_are_refused(tmp_path):

@@ -165,6 +165,7 @@ def test_run_image_end_to_end_on_digits_with_a_regime(tmp_path):
     assert alphas[0] == 1e-5 and alphas[-1] == 1e-3
 
 
+@pytest.mark.distributed
 def test_run_image_under_accelerate_launch_splits_the_candidates_between_two_processes(tmp_path):
     """Two CPU processes over gloo: each scores its own k·b = 16 images, so one epoch of 64 takes 64 / 32 = 2 steps
     (4 in one process), and every process exits 0 after rank 0 wrote the results."""
