@@ -59,7 +59,8 @@ class CachedScoreBatchSampler(Sampler[list[int]]):
         if not self._replay:
             self.plan, self.batches_consumed = self._plan_pass(), 0
         self._replay = False
-        yield from self.plan
+        for batch in self.plan:
+            yield list(batch)  # a copy: Accelerate fills a short last batch in place
 
     def _plan_pass(self) -> list[list[int]]:
         n, keep = self.num_samples, self.samples_per_pass

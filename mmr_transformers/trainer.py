@@ -47,13 +47,18 @@ def selection_seed(seed: int, step: int, process_index: int, micro_step: int) ->
 
 
 class LogWindow:
-    """The MMR/selection metrics between two training logs: means of per-step values, totals of counts, and
-    latest values, reduced over processes in one collective when the window is logged."""
+    """The MMR/selection metrics between two training logs, reduced over processes in one collective.
 
-    def __init__(self):
-        self.means: dict[str, list[float]] = defaultdict(list)
-        self.totals: dict[str, float] = defaultdict(float)
-        self.latest: dict[str, float] = {}
+    Every process declares the same metrics up front (``name -> "mean" | "total" | "latest"``), so the
+    collective has one shape everywhere even when a process recorded nothing (e.g. a placeholder step).
+    ``mean``: the mean of all values recorded on all processes; ``total``: the sum; ``latest``: the mean over
+    processes of each one's latest value. A mean or latest value nobody recorded is left out of the log.
+    """
+
+    def __init__(self, metrics: dict[str, str]):
+        self.metrics = metrics
+        self.values: dict[str, list[float]] = defaultdict(list)
+        self.scoring_seconds = 0.0
         self.started: float | None = None
 
     def start(self) -> None:
@@ -61,36 +66,40 @@ class LogWindow:
         if self.started is None:
             self.started = time.perf_counter()
 
-    def mean(self, name: str, value: float) -> None:
-        self.means[name].append(float(value))
+    def record(self, name: str, value: float) -> None:
+        if name not in self.metrics:
+            raise KeyError(f"{name!r} is not a declared metric of this run: {sorted(self.metrics)}")
+        self.values[name].append(float(value))
 
-    def total(self, name: str, value: float) -> None:
-        self.totals[name] += value
-
-    def set_latest(self, name: str, value: float) -> None:
-        self.latest[name] = float(value)
-
-    def reset(self) -> None:
-        self.means.clear()
-        self.totals.clear()
-        self.latest.clear()
-        self.started = None
+    def add_scoring_time(self, seconds: float) -> None:
+        self.scoring_seconds += seconds
 
     def reduce(self, gather) -> dict[str, float]:
-        """The window's metrics (means and latest values averaged over processes, totals summed, through
-        ``gather``), plus ``mmr/scoring_time_fraction`` when candidates were scored; then a new window starts."""
-        if "scoring_seconds" in self.totals:
+        """The window's metrics over all processes (through ``gather``); then a new window starts."""
+        if "mmr/scoring_time_fraction" in self.metrics:
             seconds = time.perf_counter() - (self.started or time.perf_counter())
-            self.latest["mmr/scoring_time_fraction"] = self.totals.pop("scoring_seconds") / max(seconds, 1e-9)
-        averaged = {**{name: sum(v) / len(v) for name, v in self.means.items() if v}, **self.latest}
-        names = sorted(averaged) + sorted(self.totals)
-        values = {**averaged, **self.totals}
-        local = torch.tensor([[values[name] for name in names]], dtype=torch.float64)
-        gathered = gather(local)
-        reduced = torch.cat([gathered[:, : len(averaged)].mean(dim=0), gathered[:, len(averaged):].sum(dim=0)])
-        self.reset()
+            self.record("mmr/scoring_time_fraction", self.scoring_seconds / max(seconds, 1e-9))
+        local = []
+        for name, kind in self.metrics.items():
+            values = self.values.get(name, [])
+            if kind == "mean":
+                local += [sum(values), len(values)]
+            elif kind == "total":
+                local += [sum(values), 1]
+            else:
+                local += [values[-1] if values else 0.0, 1 if values else 0]
+        gathered = gather(torch.tensor([local], dtype=torch.float64)).sum(dim=0).tolist()
+        reduced = {}
+        for i, (name, kind) in enumerate(self.metrics.items()):
+            value, count = gathered[2 * i], gathered[2 * i + 1]
+            if kind == "total":
+                reduced[name] = value
+            elif count:
+                reduced[name] = value / count
+        self.values.clear()
+        self.scoring_seconds = 0.0
         self.started = time.perf_counter()
-        return dict(zip(names, reduced.tolist()))
+        return reduced
 
 
 class MMRTrainer(Trainer):
@@ -126,7 +135,7 @@ class MMRTrainer(Trainer):
         self._head_owner: nn.Module | None = None
         if model is not None:
             self._classifier_head(model)  # bad heads fail before any work is done
-        self._window = LogWindow()
+        self._window = LogWindow(self._logged_metrics())
         self._int8 = Int8Scorer(self.mmr.selection_scorer_refresh_steps) if self.mmr.selection_scorer == "int8" else None
         self._sampler: CachedScoreBatchSampler | None = None
         self._pending_scores: torch.Tensor | None = None
@@ -145,6 +154,22 @@ class MMRTrainer(Trainer):
     @property
     def _uses_margins(self) -> bool:
         return self.mmr.mmr_enabled or self.mmr.selection_enabled
+
+    def _logged_metrics(self) -> dict[str, str]:
+        """The ``mmr/*`` metrics these settings log, and how each is reduced over a window (see ``LogWindow``)."""
+        metrics = {}
+        if self.mmr.mmr_enabled:
+            metrics |= {"mmr/penalty": "mean", "mmr/alpha": "latest"}
+        if self.mmr.fresh_selection:
+            metrics |= {"mmr/mms_candidates": "mean", "mmr/mms_selected": "mean", "mmr/samples_scored": "total",
+                        "mmr/samples_trained": "total", "mmr/scoring_time_fraction": "latest"}
+            if self.mmr.selection_agreement_steps:
+                metrics["mmr/rank_agreement"] = "mean"
+            if self.mmr.selection_scorer == "int8":
+                metrics["mmr/scorer_refreshes"] = "total"
+        if self.mmr.cached_selection:
+            metrics |= {"mmr/samples_trained": "total", "mmr/cache_coverage": "latest"}
+        return metrics
 
     def _classifier_head(self, model: nn.Module | None = None) -> ClassifierHead | None:
         """The last linear layer of the current model, found once per model object."""
@@ -168,9 +193,15 @@ class MMRTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The parent's loss, plus ``alpha·R`` when training with MMR on; with cached selection, the trained
         samples' scores are taken from the same forward pass."""
+        scale = inputs.pop(self.LOSS_SCALE, None)
+        scale = None if scale is None else float(scale)
+        if scale == 0.0:  # a placeholder: forward for the gradient all-reduce, contribute nothing
+            outputs = model(**{k: v for k, v in inputs.items() if k not in self.label_names})
+            loss = logits_of(outputs).sum() * 0.0
+            return (loss, outputs) if return_outputs else loss
         penalize = self.mmr.mmr_enabled and model.training
         cache_scores = self.mmr.cached_selection and model.training
-        if not (penalize or cache_scores):
+        if not (penalize or cache_scores or scale):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.get("labels")
         if penalize and labels is None:
@@ -187,15 +218,15 @@ class MMRTrainer(Trainer):
             self._pending_scores = selection_priority(
                 self.strategy, logits.detach(), head.weight.detach(), labels, self._selection_generator(0)
             )
-        if not penalize:
-            return (loss, outputs) if return_outputs else loss
-        penalty = multi_margin_penalty(captured.features_for(logits), logits, labels, head.weight)
-        alpha = self.current_mmr_alpha()
-        self._window.mean("mmr/penalty", penalty.item())
-        self._window.set_latest("mmr/alpha", alpha)
-        if self.compute_loss_func is not None:  # its loss is already scaled for accumulation; R is a batch mean
-            penalty = penalty / self.current_gradient_accumulation_steps
-        loss = loss + alpha * penalty
+        if penalize:
+            penalty = multi_margin_penalty(captured.features_for(logits), logits, labels, head.weight)
+            alpha = self.current_mmr_alpha()
+            self._window.record("mmr/penalty", penalty.item())
+            self._window.record("mmr/alpha", alpha)
+            if self.compute_loss_func is not None:  # its loss is already scaled for accumulation; R is a batch mean
+                penalty = penalty / self.current_gradient_accumulation_steps
+            loss = loss + alpha * penalty
+        loss = loss if scale is None else loss * scale
         return (loss, outputs) if return_outputs else loss
 
     # ---- Selective sampling ---------------------------------------------------------------------
@@ -222,13 +253,66 @@ class MMRTrainer(Trainer):
         )
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Fetch the candidate micro-batches of one optimizer step and cut each to its selected rows."""
+        """Fetch the micro-batches of one optimizer step, drop the rows Accelerate added to even out the last
+        round over processes, and (fresh selection) cut each candidate micro-batch to its selected rows."""
         self._window.start()
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if not self.mmr.fresh_selection:
+        if not self._uses_margins:
             return batch_samples, num_items_in_batch
-        selected = [self._select(batch, micro_step) for micro_step, batch in enumerate(batch_samples)]
-        return selected, self._get_num_items_in_batch(selected, device)
+        trimmed = self._without_padding(batch_samples)
+        if self.mmr.fresh_selection:
+            trimmed = [self._select(batch, micro_step) for micro_step, batch in enumerate(trimmed)]
+        if trimmed is batch_samples:
+            return batch_samples, num_items_in_batch
+        counted = [{**b, "labels": torch.full_like(b["labels"], -100)} if self._is_placeholder(b) and "labels" in b
+                   else b for b in trimmed]
+        return trimmed, self._get_num_items_in_batch(counted, device)
+
+    # ---- The last round of an epoch over several processes ----------------------------------------
+    #
+    # Accelerate gives every process a full micro-batch in the last round of an epoch by filling it with samples
+    # from the start of the epoch (its default ``even_batches``). Trained or selected from, those repeats would
+    # make several processes train other rows than one process with gradient accumulation. So each micro-batch
+    # keeps only its real rows; a process left with none runs a *placeholder*: one row forwarded with a zero
+    # loss, so the gradient all-reduce still happens, and nothing is counted, scored or cached. The real
+    # micro-batches of that step scale their loss by (micro-batches in the step) / (real micro-batches), which
+    # gives the gradient that one process with accumulation computes over the real micro-batches alone.
+
+    LOSS_SCALE = "mmr_loss_scale"
+
+    def _real_rows(self, num_micro_batches: int, size: int, rank: int) -> list[int]:
+        """How many leading rows of each of process ``rank``'s micro-batches of this step (``size`` rows each, as
+        Accelerate fills them) are real samples. Every process computes the same numbers without communicating."""
+        world = self.args.world_size
+        if self.mmr.cached_selection:  # micro-batch m is plan batch (consumed + m·world + rank), if there is one
+            plan, start = self._sampler.plan, self._sampler.batches_consumed + rank
+            return [len(plan[start + m * world]) if start + m * world < len(plan) else 0
+                    for m in range(num_micro_batches)]
+        real = [size] * num_micro_batches
+        state = self.accelerator.gradient_state
+        if state.end_of_dataloader and state.remainder > 0 and real:  # remainder: real samples of the last round
+            real[-1] = min(size, max(0, state.remainder - rank * size))
+        return real
+
+    def _without_padding(self, batch_samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The micro-batches with their filled-in rows dropped (placeholders where none is real), each carrying
+        its loss scale; ``batch_samples`` itself when nothing was filled in."""
+        world = self.args.world_size
+        if world == 1 or not batch_samples:
+            return batch_samples
+        size = batch_size_of(batch_samples[0])
+        every_rank = [self._real_rows(len(batch_samples), size, rank) for rank in range(world)]
+        mine = every_rank[self.args.process_index]
+        if all(rows == size for real in every_rank for rows in real):
+            return batch_samples
+        placeholders = sum(rows == 0 for real in every_rank for rows in real)
+        scale = world * len(batch_samples) / (world * len(batch_samples) - placeholders)
+        return [{**take_rows(batch, torch.arange(max(rows, 1))), self.LOSS_SCALE: torch.tensor(0.0 if rows == 0 else scale)}
+                for batch, rows in zip(batch_samples, mine)]
+
+    def _is_placeholder(self, batch: dict[str, Any]) -> bool:
+        scale = batch.get(self.LOSS_SCALE)
+        return scale is not None and float(scale) == 0.0
 
     def _selection_generator(self, micro_step: int) -> torch.Generator:
         return torch.Generator().manual_seed(
@@ -237,6 +321,10 @@ class MMRTrainer(Trainer):
 
     def _select(self, candidates: dict[str, Any], micro_step: int) -> dict[str, Any]:
         """Score one candidate micro-batch (:func:`select_rows`) and keep the strategy's ``b`` rows."""
+        if self._is_placeholder(candidates):
+            return candidates
+        scale = candidates.get(self.LOSS_SCALE)
+        candidates = {k: v for k, v in candidates.items() if k != self.LOSS_SCALE}
         started = time.perf_counter()
         n = batch_size_of(candidates)
         num_keep = num_to_keep(n, self.mmr.selection_ratio, self._train_batch_size)
@@ -254,13 +342,14 @@ class MMRTrainer(Trainer):
             if self._agreement_due(micro_step):
                 full = select_rows(live, self._classifier_head().weight, features, num_keep, self.strategy, labels,
                                    chunk_size=chunk_size, generator=self._selection_generator(micro_step))
-                self._window.mean("mmr/rank_agreement", rank_agreement(chosen.priority, full.priority))
-        self._window.mean("mmr/mms_candidates", chosen.margins.mean().item())
-        self._window.mean("mmr/mms_selected", chosen.margins[chosen.keep].mean().item())
-        self._window.total("mmr/samples_scored", n)
-        self._window.total("mmr/samples_trained", len(chosen.keep))
-        self._window.total("scoring_seconds", time.perf_counter() - started)
-        return trim_padding(take_rows(candidates, chosen.keep.cpu()))
+                self._window.record("mmr/rank_agreement", rank_agreement(chosen.priority, full.priority))
+        self._window.record("mmr/mms_candidates", chosen.margins.mean().item())
+        self._window.record("mmr/mms_selected", chosen.margins[chosen.keep].mean().item())
+        self._window.record("mmr/samples_scored", n)
+        self._window.record("mmr/samples_trained", len(chosen.keep))
+        self._window.add_scoring_time(time.perf_counter() - started)
+        selected = trim_padding(take_rows(candidates, chosen.keep.cpu()))
+        return selected if scale is None else {**selected, self.LOSS_SCALE: scale}
 
     def _agreement_due(self, micro_step: int) -> bool:
         every = self.mmr.selection_agreement_steps
@@ -273,7 +362,7 @@ class MMRTrainer(Trainer):
             return live, self._classifier_head().weight
         if self._int8.update(self.accelerator.unwrap_model(self.model), self._classifier_head().weight,
                              self.state.global_step):
-            self._window.total("mmr/scorer_refreshes", 1)
+            self._window.record("mmr/scorer_refreshes", 1)
         return self._int8.module, self._int8.weight
 
     # ---- Selection from cached scores -----------------------------------------------------------
@@ -302,15 +391,20 @@ class MMRTrainer(Trainer):
         """The parent's step; with cached selection, the batch's scores (all processes') go into the cache."""
         if not self.mmr.cached_selection:
             return super().training_step(model, inputs, num_items_in_batch)
-        indices = inputs.pop(self.SAMPLE_INDEX)
+        indices = inputs.pop(self.SAMPLE_INDEX).to(self.args.device)
+        placeholder = self._is_placeholder(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
+        scores = self._pending_scores.double()
+        if placeholder:  # nothing trained: nothing to cache
+            indices, scores = torch.full_like(indices, -1), torch.zeros(len(indices), dtype=torch.float64,
+                                                                        device=self.args.device)
         pad = dict(dim=0, pad_index=-1)
-        indices = self.accelerator.gather(self.accelerator.pad_across_processes(indices.to(self.args.device), **pad))
-        scores = self.accelerator.gather(self.accelerator.pad_across_processes(self._pending_scores.double(), **pad))
+        indices = self.accelerator.gather(self.accelerator.pad_across_processes(indices, **pad))
+        scores = self.accelerator.gather(self.accelerator.pad_across_processes(scores.to(self.args.device), **pad))
         self._sampler.update(indices, scores)
         self._sampler.consumed(self.args.world_size)
-        self._window.total("mmr/samples_trained", int((indices >= 0).sum()) / self.args.world_size)
-        self._window.set_latest("mmr/cache_coverage", self._sampler.coverage())
+        self._window.record("mmr/samples_trained", int((indices >= 0).sum()) / self.args.world_size)
+        self._window.record("mmr/cache_coverage", self._sampler.coverage())
         return loss
 
     # ---- Checkpoints: the cached-score sampler rides the Trainer's own save and resume path ---------
