@@ -1,4 +1,5 @@
-"""Train a tiny BERT with MMR + MMS selection; run by test_distributed.py plainly and under `accelerate launch`.
+"""Train a tiny BERT with MMR + MMS selection; run by test_distributed.py under `accelerate launch`, and called in
+the test process (``main(argv)``) for the single-process reference runs.
 
 Each process writes ``selections-rank{R}.json`` (fresh selection: the rows it selected, step by step) and
 ``trained-rank{R}.json`` (the rows of every trained micro-batch, and the cached scores); the main process
@@ -17,8 +18,8 @@ from builders import RecordingTrainer, tiny_model, token_dataset  # noqa: E402
 from mmr_transformers import MMRTrainingArguments  # noqa: E402
 
 
-def main():
-    (args,) = HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses()
+def main(argv=None):
+    (args,) = HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(args=argv)
     model = tiny_model("bert", dropout=False, initializer_range=1.0)
     trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(64))
     trainer.train()
