@@ -40,6 +40,17 @@ def brute_force_lowest_mms(model, batch, num_keep):
     return np.argsort(brute_force_mms(logits, weight), kind="stable")[:num_keep]
 
 
+def brute_force_cross_entropy(logits, labels):
+    """Each row's cross-entropy ``log sum_j exp(s_j) - s[y]``, in float64, one row at a time (shifted by the row's
+    maximum, which cancels)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    losses = []
+    for row, y in zip(logits, labels):
+        top = row.max()
+        losses.append(float(np.log(np.exp(row - top).sum()) + top - row[int(y)]))
+    return np.array(losses)
+
+
 def brute_force_penalty(features, logits, labels, weight):
     features, logits, weight = (np.asarray(t, dtype=np.float64) for t in (features, logits, weight))
     phi_max_sq = max(float(np.dot(f, f)) for f in features)
@@ -80,7 +91,6 @@ def expected_loss(model, batch, alpha):
         phi = independent_features(model, batch)
         logits = (phi @ linear.weight.T + linear.bias).double().numpy()
     labels = batch["labels"].numpy()
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    ce = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
+    ce = float(np.mean(brute_force_cross_entropy(logits, labels)))
     penalty = brute_force_penalty(phi.numpy(), logits, labels.tolist(), linear.weight.detach().numpy())
     return ce + alpha * penalty, penalty

@@ -1,7 +1,5 @@
 """Selection strategies keep exactly the rows a brute-force ranking says they must."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +11,7 @@ from mmr_transformers.selection import (
     register_selection_strategy,
     select_candidates,
 )
-from reference import brute_force_mms
+from reference import brute_force_cross_entropy, brute_force_mms
 
 
 def candidates(seed=0, n=32, classes=4, dim=6):
@@ -28,13 +26,12 @@ def brute_force_priority(strategy, logits, weight, labels):
     logits, weight = logits.double().numpy(), weight.double().numpy()
     if strategy == "mms":  # keep the smallest margin
         return brute_force_mms(logits, weight)
+    if strategy == "loss":  # keep the largest cross-entropy
+        return -brute_force_cross_entropy(logits, labels)
     out = []
-    for n, row in enumerate(logits):
-        if strategy == "loss":  # keep the largest cross-entropy
-            out.append(-(math.log(np.exp(row - row.max()).sum()) + row.max() - row[labels[n]]))
-        elif strategy == "entropy":  # keep the largest entropy
-            p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
-            out.append(float((p * np.log(p)).sum()))
+    for row in logits:  # entropy: keep the largest
+        p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        out.append(float((p * np.log(p)).sum()))
     return np.array(out)
 
 
