@@ -12,6 +12,11 @@ from __future__ import annotations
 import torch
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in fp32 when it is in a lower precision (bf16, fp16), unchanged in fp32 or fp64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _check_shapes(logits: torch.Tensor, weight: torch.Tensor) -> None:
     if logits.ndim != 2:
         raise ValueError(f"logits must be 2-D (batch, num_classes); got shape {tuple(logits.shape)}.")
@@ -40,12 +45,35 @@ def minimal_margin_scores(logits: torch.Tensor, weight: torch.Tensor) -> torch.T
     tensor([1.4142])
     """
     _check_shapes(logits, weight)
-    top = logits.float().topk(2, dim=1)
+    top = _at_least_fp32(logits).topk(2, dim=1)
     first, second = top.indices.unbind(dim=1)
     gap = top.values[:, 0] - top.values[:, 1]
-    weight = weight.float()
+    weight = _at_least_fp32(weight)
     norm = (weight[first] - weight[second]).norm(dim=1)
     return gap / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+IGNORE_INDEX = -100  # a label the loss skips (as torch's cross-entropy does); MMR skips those rows too
+
+
+def check_class_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Refuse labels that are not one class index per sample: float or multi-hot labels (multi-label or
+    regression targets) and indices outside ``[0, num_classes)`` other than ``IGNORE_INDEX``."""
+    if labels.dtype.is_floating_point or labels.ndim != 1:
+        raise ValueError(
+            f"labels must be class indices, one integer per sample; got dtype {labels.dtype} and shape "
+            f"{tuple(labels.shape)}. Float or multi-hot labels are regression or multi-label targets, which MMR and "
+            "margin-based selection do not support: cast single-label targets to integers (e.g. "
+            "dataset.cast_column('labels', ClassLabel(...)) or int labels), or train with mmr_alpha=0 and selection='none'."
+        )
+    bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))]
+    if bad.numel():
+        hint = (" A label of -1 marks a hidden test label (e.g. a GLUE test split): train on labelled data."
+                if bool((bad == -1).any()) else "")
+        raise ValueError(
+            f"labels must be class indices in [0, {num_classes}) (or {IGNORE_INDEX} for a sample the loss skips); "
+            f"got {sorted(set(bad.tolist()))[:8]}.{hint}"
+        )
 
 
 def most_competitive_wrong_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -62,7 +90,9 @@ def multi_margin_penalty(
     """The MMR regularizer of thesis eq. 8, as a batch mean (a differentiable scalar).
 
     ``R = mean_n ||W[y_n] - W[m_n]||² · max_i ||phi_i||²`` with ``m_n`` the most competitive wrong
-    class of sample ``n``. ``phi_max`` is not detached; the bias does not enter.
+    class of sample ``n``. ``phi_max`` is not detached; the bias does not enter. Computed in fp32 (the result
+    is fp32 for bf16/fp16 inputs too). Rows labelled ``IGNORE_INDEX`` are left out of R, as the loss leaves
+    them out of the cross-entropy.
 
     >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     >>> phi = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
@@ -77,12 +107,14 @@ def multi_margin_penalty(
         )
     if labels.shape != (logits.shape[0],):
         raise ValueError(f"labels must have shape ({logits.shape[0]},); got {tuple(labels.shape)}.")
-    if labels.dtype.is_floating_point or (labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1])):
-        raise ValueError(
-            f"labels must be class indices in [0, {logits.shape[1]}); got dtype {labels.dtype} "
-            f"and values {labels.tolist()[:8]}..."
-        )
+    check_class_labels(labels, logits.shape[1])
+    kept = labels != IGNORE_INDEX
+    if not bool(kept.all()):
+        features, logits, labels = features[kept], logits[kept], labels[kept]
+        if labels.numel() == 0:
+            return _at_least_fp32(weight).sum() * 0.0
     competitor = most_competitive_wrong_class(logits, labels)
+    weight = _at_least_fp32(weight)  # bf16 would cost about 1e-3 of R
     weight_gap = (weight[labels] - weight[competitor]).pow(2).sum(dim=1)
-    largest_feature_norm_sq = features.pow(2).sum(dim=1).max()
+    largest_feature_norm_sq = _at_least_fp32(features).pow(2).sum(dim=1).max()
     return (weight_gap * largest_feature_norm_sq).mean()

@@ -79,6 +79,13 @@ class CachedScoreBatchSampler(Sampler[list[int]]):
         """Cache ``scores[j]`` for sample ``indices[j]`` (negative indices, e.g. padding, are ignored)."""
         indices, scores = indices.detach().cpu().long(), scores.detach().cpu().double()
         valid = indices >= 0
+        if not bool(scores[valid].isfinite().all()):
+            raise FloatingPointError(
+                f"non-finite scores {scores[valid][~scores[valid].isfinite()].tolist()[:4]} for samples "
+                f"{indices[valid][~scores[valid].isfinite()].tolist()[:4]}: the model has diverged (NaN/inf weights or "
+                "features). A NaN score would read as 'never scored'; lower the learning rate, clip gradients "
+                "(max_grad_norm) and resume from the last checkpoint."
+            )
         self.scores[indices[valid]] = scores[valid]
 
     def consumed(self, batches: int = 1) -> None:

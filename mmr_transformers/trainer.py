@@ -18,8 +18,10 @@ since the previous training log and averaged (counts: summed) over processes. Al
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pickle
 import time
 from collections import defaultdict
 from typing import Any
@@ -33,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .batching import batch_size_of, logits_of, take_rows, trim_padding
 from .heads import ClassifierHead, check_classification_head, find_classifier
-from .margins import multi_margin_penalty
+from .margins import check_class_labels, multi_margin_penalty
 from .sampler import CachedScoreBatchSampler, IndexedCollator, IndexedDataset
 from .schedules import alpha_at
 from .scoring import Int8Scorer, rank_agreement, shorten_for_scoring
@@ -142,6 +144,13 @@ class MMRTrainer(Trainer):
         super().__init__(model, args, *pargs, **kwargs)
         # The model's loss is a per-batch mean, whatever its forward signature says.
         self.model_accepts_loss_kwargs = False
+        self._head_verified = False
+        if self.mmr.cached_selection and self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
+            raise ValueError(
+                f"selection_source='cached' keeps a score per dataset index and plans each epoch over all N samples, "
+                f"so it needs a dataset with a length and indexing; got a {type(self.train_dataset).__name__} "
+                "(an IterableDataset). Use selection_source='fresh', or a map-style dataset (datasets.Dataset)."
+            )
         if self._int8 is not None and self.args.device.type != "cpu":
             raise ValueError(
                 f"selection_scorer='int8' scores with a dynamically quantized copy, which runs on CPU only, but "
@@ -221,11 +230,18 @@ class MMRTrainer(Trainer):
         if penalize:
             penalty = multi_margin_penalty(captured.features_for(logits), logits, labels, head.weight)
             alpha = self.current_mmr_alpha()
-            self._window.record("mmr/penalty", penalty.item())
+            value = penalty.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"the MMR penalty is {value} at step {self.state.global_step}: the model's weights or features have "
+                    "diverged (NaN/inf). Training stops rather than go on with a meaningless loss; lower the learning "
+                    "rate or mmr_alpha, clip gradients (max_grad_norm), and resume from the last checkpoint."
+                )
+            self._window.record("mmr/penalty", value)
             self._window.record("mmr/alpha", alpha)
             if self.compute_loss_func is not None:  # its loss is already scaled for accumulation; R is a batch mean
                 penalty = penalty / self.current_gradient_accumulation_steps
-            loss = loss + alpha * penalty
+            loss = loss + (alpha * penalty).to(loss.dtype)
         loss = loss if scale is None else loss * scale
         return (loss, outputs) if return_outputs else loss
 
@@ -237,7 +253,11 @@ class MMRTrainer(Trainer):
 
     def get_train_dataloader(self):
         """The real (Accelerate-prepared) DataLoader: candidate batches of ``ceil(k·b)`` with fresh selection,
-        batches planned from cached scores with cached selection."""
+        batches planned from cached scores with cached selection. Called at the start of every training attempt
+        (also each retry of ``auto_find_batch_size``), so the metrics window starts afresh here."""
+        self._window = LogWindow(self._logged_metrics())
+        if self._uses_margins and self.train_dataset is not None:
+            self._check_dataset_labels()
         if not self.mmr.selection_enabled:
             return super().get_train_dataloader()
         if self.train_dataset is None:
@@ -259,6 +279,8 @@ class MMRTrainer(Trainer):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not self._uses_margins:
             return batch_samples, num_items_in_batch
+        for batch in batch_samples:
+            self._check_batch(batch)
         trimmed = self._without_padding(batch_samples)
         if self.mmr.fresh_selection:
             trimmed = [self._select(batch, micro_step) for micro_step, batch in enumerate(trimmed)]
@@ -267,6 +289,48 @@ class MMRTrainer(Trainer):
         counted = [{**b, "labels": torch.full_like(b["labels"], -100)} if self._is_placeholder(b) and "labels" in b
                    else b for b in trimmed]
         return trimmed, self._get_num_items_in_batch(counted, device)
+
+    # ---- Checks on the first batches, before any scoring or optimizer step ----------------------
+
+    def _check_batch(self, batch: dict[str, Any]) -> None:
+        """Labels must be one class index per sample; on the first batch, the head's output must be the logits."""
+        labels = batch.get("labels")
+        if labels is not None:
+            check_class_labels(labels, self._classifier_head().num_classes)
+        if not self._head_verified:
+            self._verify_head(batch)
+
+    def _verify_head(self, batch: dict[str, Any]) -> None:
+        """Forward two rows of the first batch and check that the classifier's output *is* the model's logits
+        (MMS-only runs would otherwise score with a layer whose margins mean nothing)."""
+        model = self.model_wrapped if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else self.model
+        rows = torch.arange(min(2, batch_size_of(batch)))
+        skip = {*self.label_names, self.LOSS_SCALE, self.SAMPLE_INDEX}
+        inputs = self._prepare_inputs({k: v for k, v in take_rows(batch, rows).items() if k not in skip})
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.compute_loss_context_manager(), self._classifier_head().capture() as captured:
+                logits = logits_of(model(**inputs))
+            captured.features_for(logits)
+        finally:
+            model.train(was_training)
+        self._head_verified = True
+
+    def _check_dataset_labels(self) -> None:
+        """The whole label column of a ``datasets.Dataset`` at once, so a bad row far into the data fails now."""
+        dataset = self.train_dataset
+        column = next((c for c in ("labels", "label") if c in getattr(dataset, "column_names", ())), None)
+        if column is None:
+            return
+        try:
+            labels = torch.as_tensor(dataset.with_format("torch")[column])
+        except (TypeError, ValueError) as error:  # ragged multi-hot rows, strings, ...
+            raise ValueError(f"the training set's {column!r} column is not one class index per sample: {error}") from error
+        try:
+            check_class_labels(labels, self._classifier_head().num_classes)
+        except ValueError as error:
+            raise ValueError(f"the training set's {column!r} column: {error}") from None
 
     # ---- The last round of an epoch over several processes ----------------------------------------
     #
@@ -343,6 +407,12 @@ class MMRTrainer(Trainer):
                 full = select_rows(live, self._classifier_head().weight, features, num_keep, self.strategy, labels,
                                    chunk_size=chunk_size, generator=self._selection_generator(micro_step))
                 self._window.record("mmr/rank_agreement", rank_agreement(chosen.priority, full.priority))
+        if not bool(chosen.priority.isfinite().all()):
+            raise FloatingPointError(
+                f"selection={self.mmr.selection!r} scored candidates {chosen.priority.tolist()[:4]}... at step "
+                f"{self.state.global_step}: non-finite scores mean the model has diverged (NaN/inf weights or features). "
+                "Lower the learning rate, clip gradients (max_grad_norm), and resume from the last checkpoint."
+            )
         self._window.record("mmr/mms_candidates", chosen.margins.mean().item())
         self._window.record("mmr/mms_selected", chosen.margins[chosen.keep].mean().item())
         self._window.record("mmr/samples_scored", n)
@@ -407,28 +477,71 @@ class MMRTrainer(Trainer):
         self._window.record("mmr/cache_coverage", self._sampler.coverage())
         return loss
 
-    # ---- Checkpoints: the cached-score sampler rides the Trainer's own save and resume path ---------
+    # ---- Checkpoints: MMR state rides the Trainer's own save and resume path -------------------------
+
+    SETTINGS_FILE = "mmr_settings.json"
+    # what decides which samples a resumed run draws, scores and trains on next
+    DATA_ORDER_SETTINGS = ("selection", "selection_ratio", "selection_source", "selection_exploration")
+
+    def _data_order_settings(self) -> dict[str, Any]:
+        return {**{name: getattr(self.mmr, name) for name in self.DATA_ORDER_SETTINGS},
+                "per_device_train_batch_size": self._train_batch_size,
+                "gradient_accumulation_steps": self.args.gradient_accumulation_steps,
+                "world_size": self.args.world_size}
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The parent's checkpoint, plus the cached-score sampler (scores, generator, current pass)."""
+        """The parent's checkpoint, plus the settings that shape the data order and (cached selection) the
+        cached-score sampler: scores, generator, current pass."""
         super()._save_checkpoint(model, trial)
-        if self._sampler is not None and self.args.should_save and not self.args.save_only_model:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if not (self._uses_margins and self.args.should_save):
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        with open(os.path.join(folder, self.SETTINGS_FILE), "w") as f:
+            json.dump(self._data_order_settings(), f, indent=1)
+        if self._sampler is not None and not self.args.save_only_model:
             torch.save(self._sampler.state_dict(), os.path.join(folder, self.SAMPLER_STATE))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        """The parent's resume of the training state, plus the cached-score sampler's (before the first batch
-        is drawn). Loaded with ``weights_only=True``: a checkpoint file cannot run code."""
+        """The parent's resume of the training state; then a resume that would change the data order is refused,
+        and the cached-score sampler is restored (before the first batch is drawn; ``weights_only=True``, so a
+        checkpoint file cannot run code)."""
         super()._load_optimizer_and_scheduler(checkpoint)
-        if self._sampler is None or checkpoint is None:
+        if checkpoint is None or not self._uses_margins:
             return
         path = os.path.join(checkpoint, self.SAMPLER_STATE)
-        if not os.path.isfile(path):
+        if self._sampler is not None and not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{checkpoint} has no {self.SAMPLER_STATE}: it was not saved by a run with "
                 "selection_source='cached', so the cached scores cannot be restored."
             )
-        self._sampler.load_state_dict(torch.load(path, weights_only=True))
+        self._check_resumed_settings(checkpoint)
+        if self._sampler is None:
+            return
+        try:
+            state = torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path} holds objects other than tensors, lists and numbers, so it is not a sampler state saved by "
+                "MMRTrainer and was not loaded (loading it could run code). Resume from a checkpoint this library "
+                "wrote, or delete the file and train afresh."
+            ) from error
+        self._sampler.load_state_dict(state)
+
+    def _check_resumed_settings(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, self.SETTINGS_FILE)
+        if not os.path.isfile(path):
+            return  # a checkpoint of a run without MMR or selection: nothing of ours to continue
+        with open(path) as f:
+            saved = json.load(f)
+        now = self._data_order_settings()
+        changed = [name for name in now if name in saved and saved[name] != now[name]]
+        if changed:
+            raise ValueError(
+                f"resuming from {checkpoint} with other settings than it was saved with: "
+                + ", ".join(f"{name} {saved[name]!r} -> {now[name]!r}" for name in changed)
+                + ". These decide which samples the run draws, scores and trains on next, so the resumed run would "
+                "silently differ from the interrupted one. Resume with the saved values, or start a new run."
+            )
 
     # ---- Logging --------------------------------------------------------------------------------
 

@@ -19,3 +19,9 @@ class MMRTrainingArguments(MMRSettings, TrainingArguments):
     def __post_init__(self):
         TrainingArguments.__post_init__(self)
         MMRSettings.__post_init__(self)
+        if self.selection_enabled and self.train_sampling_strategy == "batch_rebalance":
+            raise ValueError(
+                "train_sampling_strategy='batch_rebalance' builds its own batches of per_device_train_batch_size, "
+                "which would replace the candidate batches of ceil(k·b) that selection scores. Use the 'random' or "
+                "'sequential' train_sampling_strategy with selection, or selection='none'."
+            )
