@@ -52,10 +52,15 @@ class FeatureCapture:
             if matches.any(dim=1).all():
                 position = matches.int().argmax(dim=1)
                 return self.inputs[torch.arange(logits.shape[0], device=logits.device), position]
+        same_shape = tuple(self.outputs.shape) == tuple(logits.shape)
         raise ValueError(
             f"the output of {self.module_name!r} (shape {tuple(self.outputs.shape)}) is not the model's logits "
-            f"(shape {tuple(logits.shape)}): margins need the last linear layer, whose output the model returns "
-            "unchanged. Pass classifier_module naming that layer."
+            f"(shape {tuple(logits.shape)})"
+            + (": same shape, other values, so the model transforms it after this layer (e.g. a LayerNorm, a "
+               "temperature or a scale)" if same_shape else "")
+            + ". Margins need logits that a linear layer s = W·phi + b returns unchanged; a head that transforms "
+            "them afterwards is not supported by MMR or margin-based selection. If another nn.Linear produces the "
+            "logits unchanged, pass classifier_module naming it; otherwise train with mmr_alpha=0 and selection='none'."
         )
 
 

@@ -324,7 +324,7 @@ class MMRTrainer(Trainer):
         if column is None:
             return
         try:
-            labels = torch.as_tensor(dataset.with_format("torch")[column])
+            labels = torch.tensor(list(dataset[column]))
         except (TypeError, ValueError) as error:  # ragged multi-hot rows, strings, ...
             raise ValueError(f"the training set's {column!r} column is not one class index per sample: {error}") from error
         try:
