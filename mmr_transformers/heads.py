@@ -5,6 +5,10 @@ ALBERT, ELECTRA, DeBERTa-v2, ModernBERT, GPT-2-style ``score`` heads that score 
 one) and torchvision classifiers (ResNet ``fc``, VGG/MobileNet ``classifier[-1]``). The rule: the last
 registered ``nn.Linear`` whose ``out_features`` equals ``num_labels`` (or, when the model does not say
 how many labels it has, the last ``nn.Linear``). Name the module to override the rule.
+
+A LoRA-adapted linear layer (PEFT's ``lora.Linear``: ``base_layer`` plus ``lora_A``/``lora_B``) counts as one
+linear layer whose weight is the effective ``W0 + scaling · B·A`` of its active adapters; its own LoRA parts
+are not candidates. Found by their attributes, so nothing here imports ``peft``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,28 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+def _is_lora_linear(module: nn.Module) -> bool:
+    """A PEFT LoRA wrapper around an ``nn.Linear`` (its output: base output plus the scaled low-rank update)."""
+    return isinstance(getattr(module, "base_layer", None), nn.Linear) and isinstance(
+        getattr(module, "lora_A", None), nn.ModuleDict) and isinstance(getattr(module, "lora_B", None), nn.ModuleDict)
+
+
+def _linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every linear layer in registration order: ``nn.Linear`` modules and LoRA wrappers (whose parts are skipped)."""
+    layers, inside_lora = [], ()
+    for name, module in model.named_modules():
+        if inside_lora and name.startswith(inside_lora):
+            continue
+        if _is_lora_linear(module):
+            layers.append((name, module))
+            inside_lora = tuple(f"{name}.{part}" for part in ("base_layer", "lora_A", "lora_B"))
+        elif isinstance(module, nn.Linear):
+            layers.append((name, module))
+    return layers
+
+
+def _out_features(module: nn.Module) -> int:
+    return (module.base_layer if _is_lora_linear(module) else module).out_features
 
 
 @dataclass
@@ -66,14 +90,38 @@ class FeatureCapture:
 
 @dataclass
 class ClassifierHead:
-    """The last linear layer ``s = W·phi + b`` of a classifier."""
+    """The last linear layer ``s = W·phi + b`` of a classifier: an ``nn.Linear`` or a LoRA-adapted one."""
 
     name: str
-    linear: nn.Linear
+    module: nn.Module
+
+    @property
+    def linear(self) -> nn.Linear:
+        """The ``nn.Linear`` holding the (base) weight and the bias."""
+        return self.module.base_layer if _is_lora_linear(self.module) else self.module
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.linear.weight
+        """``W`` as the layer applies it (differentiable): for LoRA, ``W0 + sum_a scaling_a · B_a·A_a`` over the
+        active adapters, unless they are merged into ``W0`` already or disabled."""
+        if not _is_lora_linear(self.module):
+            return self.module.weight
+        lora = self.module
+        weight = lora.base_layer.weight
+        if getattr(lora, "merged", False) or getattr(lora, "disable_adapters", False):
+            return weight
+        for adapter in lora.active_adapters:
+            if adapter not in lora.lora_A:
+                continue
+            if getattr(lora, "use_dora", {}).get(adapter, False):
+                raise ValueError(
+                    f"the classifier {self.name!r} is adapted with DoRA (adapter {adapter!r}), whose weight is "
+                    "rescaled per output row; margins need the plain LoRA update W0 + scaling·B·A. Leave the "
+                    "classifier out of DoRA's target_modules (train it fully with modules_to_save), or use LoRA."
+                )
+            delta = lora.lora_B[adapter].weight @ lora.lora_A[adapter].weight
+            weight = weight + lora.scaling[adapter] * delta
+        return weight
 
     @property
     def num_classes(self) -> int:
@@ -87,7 +135,7 @@ class ClassifierHead:
         def hook(module, args, output):
             record.inputs, record.outputs = args[0], output
 
-        handle = self.linear.register_forward_hook(hook)
+        handle = self.module.register_forward_hook(hook)
         try:
             yield record
         finally:
@@ -102,7 +150,10 @@ def find_classifier(model: nn.Module, module_name: str | None = None) -> Classif
             module = model.get_submodule(module_name)
         except AttributeError:
             module = None
-        if not isinstance(module, nn.Linear):
+        parent_name = module_name.rpartition(".")[0]
+        if module_name.endswith(".base_layer") and _is_lora_linear(model.get_submodule(parent_name)):
+            module_name, module = parent_name, model.get_submodule(parent_name)  # the LoRA layer around it
+        if not (isinstance(module, nn.Linear) or (module is not None and _is_lora_linear(module))):
             found = "no such module" if module is None else f"a {type(module).__name__}, not an nn.Linear"
             raise ValueError(
                 f"classifier_module={module_name!r} is {found} in {type(model).__name__}. Linear layers "
@@ -112,11 +163,11 @@ def find_classifier(model: nn.Module, module_name: str | None = None) -> Classif
 
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     linears = _linear_layers(model)
-    candidates = [(n, m) for n, m in linears if num_labels is None or m.out_features == num_labels]
+    candidates = [(n, m) for n, m in linears if num_labels is None or _out_features(m) == num_labels]
     if not candidates:
         raise ValueError(
             f"could not find the classifier of {type(model).__name__}: no nn.Linear layer with out_features == "
-            f"num_labels ({num_labels}). Linear layers found: {[(n, m.out_features) for n, m in linears][-8:]} "
+            f"num_labels ({num_labels}). Linear layers found: {[(n, _out_features(m)) for n, m in linears][-8:]} "
             "(last 8). Pass classifier_module='<name>' naming the last linear layer, the one producing the logits."
         )
     return ClassifierHead(*candidates[-1])
