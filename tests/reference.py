@@ -29,15 +29,20 @@ def brute_force_mms(logits, weight):
     return np.array(scores)
 
 
-def brute_force_lowest_mms(model, batch, num_keep):
-    """Indices of the ``num_keep`` rows of ``batch`` with the smallest minimal margin score under ``model``, from
-    its features computed by hand and :func:`brute_force_mms` (what MMS selection must keep)."""
+def brute_force_model_mms(model, batch):
+    """The minimal margin score of each row of ``batch`` under ``model``: :func:`brute_force_mms` of the logits
+    computed from the features found by hand (:func:`independent_features`)."""
     linear = classifier_linear(model)
     with torch.no_grad():
         phi = independent_features(model, batch)
     weight, bias = linear.weight.detach().double().numpy(), linear.bias.detach().double().numpy()
-    logits = phi.double().numpy() @ weight.T + bias
-    return np.argsort(brute_force_mms(logits, weight), kind="stable")[:num_keep]
+    return brute_force_mms(phi.double().numpy() @ weight.T + bias, weight)
+
+
+def brute_force_lowest_mms(model, batch, num_keep):
+    """Indices of the ``num_keep`` rows of ``batch`` with the smallest minimal margin score under ``model`` (what
+    MMS selection must keep)."""
+    return np.argsort(brute_force_model_mms(model, batch), kind="stable")[:num_keep]
 
 
 def brute_force_cross_entropy(logits, labels):
