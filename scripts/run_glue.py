@@ -38,9 +38,16 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 SUBSET_SEED = 42  # --max_*_samples draw the same subset for every run, whatever its --seed
 
 
+class TaskChoices(tuple):
+    """The ``--task`` choices: task names and aliases, accepted in any capitalisation (``SST-2``, ``RTE``)."""
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and tuple.__contains__(self, name.lower())
+
+
 @dataclass
 class GlueArguments:
-    task: str = field(metadata={"help": "GLUE task.", "choices": sorted([*TASKS, *ALIASES])})
+    task: str = field(metadata={"help": "GLUE task (any capitalisation).", "choices": TaskChoices(sorted([*TASKS, *ALIASES]))})
     data_dir: str | None = field(
         default=None, metadata={"help": "Local folder of the task's files (official GLUE tsv or a Hugging Face "
                                         "csv/tsv export); default: download nyu-mll/glue from the Hub."}
@@ -55,13 +62,28 @@ class GlueArguments:
         default=False, metadata={"help": "Pad every input to max_seq_length instead of to the longest in a batch."}
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on a random subset of this size (the same subset for every seed)."}
+        default=None, metadata={"help": "Train on a random subset of this size, at least 1 (the same subset for every seed)."}
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a random subset of this size."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on a random subset of this size, at least 1."}
+    )
     hidden_dropout_prob: float | None = field(default=None, metadata={"help": "Override the model's dropout."})
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a checkpoint whose classifier has another number of labels (re-initialised)."}
     )
+
+
+def config_name(task: str) -> str | None:
+    """The name of the task's settings file in ``glue_configs/``: the spelling's own file when there is one
+    (``mnli-mm``), else the task's (``SST-2``, ``sst-2`` → ``sst2``); None for an unknown task.
+
+    >>> [config_name(name) for name in ("SST-2", "sts-b", "mnli-m", "MNLI-MM", "RTE", "imdb")]
+    ['sst2', 'stsb', 'mnli', 'mnli-mm', 'rte', None]
+    """
+    key = task.lower()
+    if key not in TASKS and key not in ALIASES:
+        return None  # the parser's choices reject it
+    return key if os.path.exists(os.path.join(CONFIG_DIR, f"{key}.json")) else get_task(key).name
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[GlueArguments, MMRTrainingArguments]:
@@ -72,13 +94,64 @@ def parse_args(argv: list[str] | None = None) -> tuple[GlueArguments, MMRTrainin
     pre.add_argument("--config_file", "--config-file")
     known, _ = pre.parse_known_args(argv)
     layers = []
-    if known.task:
-        layers.append(("defaults", {"output_dir": os.path.join("runs", "glue", known.task.lower())}))
-        path = known.config_file or os.path.join(CONFIG_DIR, f"{known.task.lower()}.json")
-        if known.config_file or os.path.exists(path):
-            with open(path) as f:
-                layers.append((path, json.load(f)))
+    name = config_name(known.task) if known.task else None
+    if name:
+        layers.append(("defaults", {"output_dir": os.path.join("runs", "glue", name)}))
+    path = known.config_file or (name and os.path.join(CONFIG_DIR, f"{name}.json"))
+    if known.config_file or (path and os.path.exists(path)):
+        if not os.path.isfile(path):
+            raise SystemExit(f"--config_file {path}: no such file; pass a JSON settings file such as "
+                             f"{os.path.join(CONFIG_DIR, 'rte.json')}.")
+        with open(path) as f:
+            layers.append((path, json.load(f)))
     return parse_layered(HfArgumentParser((GlueArguments, MMRTrainingArguments)), layers, argv)
+
+
+def check_sample_caps(glue_args: GlueArguments) -> None:
+    """--max_train_samples/--max_eval_samples below 1 would train or evaluate on nothing."""
+    for flag, value, what in [("--max_train_samples", glue_args.max_train_samples, "train on"),
+                              ("--max_eval_samples", glue_args.max_eval_samples, "evaluate on")]:
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} {value}: there would be no rows to {what}. Give at least 1, or leave the flag "
+                             f"out to use the whole split.")
+
+
+def load_data(task, glue_args: GlueArguments):
+    """The task's splits: local files (their errors name the file), or the Hub, where a failure to connect
+    says how to run offline."""
+    if glue_args.data_dir:
+        return load_glue(task, glue_args.data_dir)
+    try:
+        return load_glue(task, None, glue_args.cache_dir)
+    except OSError as error:  # ConnectionError, the Hub's HTTP errors, a dataset missing from an offline cache
+        raise SystemExit(
+            f"Could not load GLUE {task.name.upper()} from the Hugging Face Hub (nyu-mll/glue): {error}\n"
+            f"Without a network, pass --data_dir with the task's local GLUE files (e.g. --data_dir "
+            f"../shared/data/glue/{task.name.upper()}, holding train.tsv and dev.tsv), a local --model_name_or_path, "
+            f"and set HF_HUB_OFFLINE=1 so nothing waits for the Hub."
+        ) from None
+
+
+def load_model(task, glue_args: GlueArguments):
+    """Config, tokenizer and model of --model_name_or_path; a failure to fetch them says how to run offline."""
+    name = glue_args.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(name, num_labels=task.num_labels, finetuning_task=task.name,
+                                            cache_dir=glue_args.cache_dir)
+        if glue_args.hidden_dropout_prob is not None:
+            config.hidden_dropout_prob = glue_args.hidden_dropout_prob
+        tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=glue_args.cache_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name, config=config, cache_dir=glue_args.cache_dir, ignore_mismatched_sizes=glue_args.ignore_mismatched_sizes,
+        )
+    except OSError as error:  # not on the Hub or not reachable, not in the cache, or a folder missing files
+        raise SystemExit(
+            f"Could not load the model {name!r} (--model_name_or_path): {error}\n"
+            f"Pass a local --model_name_or_path: a folder with config.json, the weights and the tokenizer files "
+            f"(as save_pretrained writes them). Without a network, also set HF_HUB_OFFLINE=1 and use --data_dir "
+            f"with local GLUE files."
+        ) from None
+    return tokenizer, model
 
 
 def check_task_settings(task, training_args: MMRTrainingArguments) -> None:
@@ -103,18 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     task = get_task(glue_args.task)
     check_task_settings(task, training_args)
+    check_sample_caps(glue_args)
     set_seed(training_args.seed)
 
-    raw = load_glue(task, glue_args.data_dir, glue_args.cache_dir)
-    config = AutoConfig.from_pretrained(glue_args.model_name_or_path, num_labels=task.num_labels,
-                                        finetuning_task=task.name, cache_dir=glue_args.cache_dir)
-    if glue_args.hidden_dropout_prob is not None:
-        config.hidden_dropout_prob = glue_args.hidden_dropout_prob
-    tokenizer = AutoTokenizer.from_pretrained(glue_args.model_name_or_path, cache_dir=glue_args.cache_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        glue_args.model_name_or_path, config=config, cache_dir=glue_args.cache_dir,
-        ignore_mismatched_sizes=glue_args.ignore_mismatched_sizes,
-    )
+    raw = load_data(task, glue_args)
+    tokenizer, model = load_model(task, glue_args)
 
     def tokenize(batch):
         texts = [batch[column] for column in task.text_columns]
