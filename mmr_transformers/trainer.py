@@ -145,7 +145,14 @@ class MMRTrainer(Trainer):
         # The model's loss is a per-batch mean, whatever its forward signature says.
         self.model_accepts_loss_kwargs = False
         self._head_verified = False
-        if self.mmr.cached_selection and self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
+        streamed = self.train_dataset is not None and not hasattr(self.train_dataset, "__len__")
+        if streamed and self._uses_margins and self.args.world_size > 1 and not self.args.dataloader_drop_last:
+            raise ValueError(
+                "over several processes Accelerate fills the last batch of an IterableDataset with repeated samples, "
+                "and without a dataset length MMRTrainer cannot tell them apart, so they would be scored and trained "
+                "as new. Set dataloader_drop_last=True (the short last round is dropped), or use a map-style dataset."
+            )
+        if self.mmr.cached_selection and streamed:
             raise ValueError(
                 f"selection_source='cached' keeps a score per dataset index and plans each epoch over all N samples, "
                 f"so it needs a dataset with a length and indexing; got a {type(self.train_dataset).__name__} "
