@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_ADAPTER = {"MMRTrainer": ".trainer", "MMRTrainingArguments": ".training_args"}
+_ADAPTER = {"MMRTrainer": ".trainer", "MMRTrainingArguments": ".training_args",
+            "MarginDiagnosticsCallback": ".diagnostics_callback"}
 
 
 def __getattr__(name: str):
@@ -48,6 +49,7 @@ __all__ = [
     "MMRSettings",
     "MMRTrainer",
     "MMRTrainingArguments",
+    "MarginDiagnosticsCallback",
     "Selection",
     "alpha_at",
     "find_classifier",
