@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from .active_learning import QUERY_STRATEGIES, register_query_strategy, select_for_labeling
 from .batching import take_rows, trim_padding
 from .heads import ClassifierHead, FeatureCapture, find_classifier
 from .margins import minimal_margin_scores, most_competitive_wrong_class, multi_margin_penalty
@@ -41,6 +42,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "ALPHA_SCHEDULES",
+    "QUERY_STRATEGIES",
     "SELECTION_STRATEGIES",
     "CachedScoreBatchSampler",
     "ClassifierHead",
@@ -58,8 +60,10 @@ __all__ = [
     "multi_margin_penalty",
     "quantized_scorer",
     "rank_agreement",
+    "register_query_strategy",
     "register_selection_strategy",
     "select_candidates",
+    "select_for_labeling",
     "select_rows",
     "shorten_for_scoring",
     "take_rows",
