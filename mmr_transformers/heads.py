@@ -53,11 +53,16 @@ def _out_features(module: nn.Module) -> int:
 
 @dataclass
 class FeatureCapture:
-    """What the classifier saw (``inputs``) and produced (``outputs``) in the last forward pass."""
+    """What the classifier saw (``inputs``), produced (``outputs``) and applied (``weight``) in the last forward.
+
+    ``weight`` is a copy of ``W`` taken inside the forward, where a sharded model (FSDP, DeepSpeed ZeRO-3) holds
+    its full, unsharded value; the copy is differentiable, so a loss built on it sends its gradient to the
+    parameter through the same backward as the forward's own."""
 
     module_name: str
     inputs: torch.Tensor | None = None
     outputs: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
     def features_for(self, logits: torch.Tensor) -> torch.Tensor:
         """``phi`` per row of ``logits``: the captured input, or for a head that scores every token
@@ -129,13 +134,14 @@ class ClassifierHead:
 
     @contextmanager
     def capture(self) -> Iterator[FeatureCapture]:
-        """Record the layer's input and output for the forward passes run inside the block."""
+        """Record the layer's input, output and weight for the forward passes run inside the block."""
         record = FeatureCapture(self.name)
 
         def hook(module, args, output):
-            record.inputs, record.outputs = args[0], output
+            record.inputs, record.outputs, record.weight = args[0], output, self.weight.clone()
 
-        handle = self.module.register_forward_hook(hook)
+        # prepend: run before a sharding wrapper's own post-forward hook frees the full weight (FSDP2, ZeRO-3)
+        handle = self.module.register_forward_hook(hook, prepend=True)
         try:
             yield record
         finally:

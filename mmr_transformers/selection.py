@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import batch_size_of, chunked_logits
+from .heads import ClassifierHead
 from .margins import minimal_margin_scores
 
 PriorityFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
@@ -133,7 +135,7 @@ class Selection:
 
 def select_rows(
     model: Callable[..., Any],
-    weight: torch.Tensor,
+    weight: torch.Tensor | ClassifierHead,
     inputs: Mapping[str, Any],
     num_keep: int,
     strategy: str | SelectionStrategy = "mms",
@@ -147,15 +149,17 @@ def select_rows(
 
     Scoring runs without gradients and with ``model`` in eval mode (dropout off, BatchNorm statistics
     untouched); the previous mode is restored. ``weight`` is the ``(C, D)`` weight of the linear layer that
-    produces the logits. Rows are scored in length-sorted, padding-trimmed chunks of ``chunk_size`` rows
+    produces the logits, or that layer's :class:`~mmr_transformers.heads.ClassifierHead`, whose weight is then
+    taken inside the forward (the full weight of a sharded model). Rows are scored in length-sorted, padding-trimmed chunks of ``chunk_size`` rows
     (default: all in one pass). The returned tensors are ordinary tensors (usable with autograd).
     """
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), (weight.capture() if isinstance(weight, ClassifierHead) else nullcontext()) as seen:
             logits = chunked_logits(model, dict(inputs), chunk_size or batch_size_of(inputs))
+            weight = weight if seen is None else seen.weight
             priority = selection_priority(strategy, logits, weight, labels, generator)
             keep = lowest(priority, num_keep)
             margins = minimal_margin_scores(logits, weight)

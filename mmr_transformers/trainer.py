@@ -232,10 +232,10 @@ class MMRTrainer(Trainer):
         logits = logits_of(outputs)
         if cache_scores:
             self._pending_scores = selection_priority(
-                self.strategy, logits.detach(), head.weight.detach(), labels, self._selection_generator(0)
+                self.strategy, logits.detach(), captured.weight.detach(), labels, self._selection_generator(0)
             )
         if penalize:
-            penalty = multi_margin_penalty(captured.features_for(logits), logits, labels, head.weight)
+            penalty = multi_margin_penalty(captured.features_for(logits), logits, labels, captured.weight)
             alpha = self.current_mmr_alpha()
             value = penalty.item()
             if not math.isfinite(value):
@@ -411,7 +411,7 @@ class MMRTrainer(Trainer):
             chosen = select_rows(scorer, weight, cheap, num_keep, self.strategy, labels, chunk_size=chunk_size,
                                  generator=self._selection_generator(micro_step))
             if self._agreement_due(micro_step):
-                full = select_rows(live, self._classifier_head().weight, features, num_keep, self.strategy, labels,
+                full = select_rows(live, self._classifier_head(), features, num_keep, self.strategy, labels,
                                    chunk_size=chunk_size, generator=self._selection_generator(micro_step))
                 self._window.record("mmr/rank_agreement", rank_agreement(chosen.priority, full.priority))
         if not bool(chosen.priority.isfinite().all()):
@@ -432,11 +432,12 @@ class MMRTrainer(Trainer):
         every = self.mmr.selection_agreement_steps
         return every > 0 and micro_step == 0 and self.state.global_step % every == 0
 
-    def _scorer(self, live: nn.Module) -> tuple[nn.Module, torch.Tensor]:
-        """The model that scores candidates and its classifier weight: the live model, or its int8 copy
+    def _scorer(self, live: nn.Module) -> tuple[nn.Module, torch.Tensor | ClassifierHead]:
+        """The model that scores candidates and its classifier weight: the live model (with its head, whose weight
+        is taken in the scoring forward, full even when sharded), or its int8 copy
         (brought up to date every ``selection_scorer_refresh_steps`` optimizer steps)."""
         if self._int8 is None:
-            return live, self._classifier_head().weight
+            return live, self._classifier_head()
         if self._int8.update(self.accelerator.unwrap_model(self.model), self._classifier_head().weight,
                              self.state.global_step):
             self._window.record("mmr/scorer_refreshes", 1)

@@ -145,15 +145,18 @@ class RecordingTrainer(MMRTrainer):
         self.selections, self.trained = [], []
 
     def _select(self, candidates, micro_step):
+        """A placeholder micro-batch (a process without real rows in an epoch's last round) selects nothing."""
+        placeholder = self._is_placeholder(candidates)
         selected = super()._select(candidates, micro_step)
         self.selections.append(dict(
             step=self.state.global_step,
             candidates={k: v.clone() for k, v in candidates.items()},
-            selected=[row_key(r) for r in selected["input_ids"]],
+            selected=[] if placeholder else [row_key(r) for r in selected["input_ids"]],
             weights=copy.deepcopy(self.model.state_dict()),
         ))
         return selected
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.trained.append([row_key(r) for r in inputs["input_ids"]])
+        """Records the rows trained on (none for a placeholder micro-batch)."""
+        self.trained.append([] if self._is_placeholder(inputs) else [row_key(r) for r in inputs["input_ids"]])
         return super().training_step(model, inputs, num_items_in_batch)

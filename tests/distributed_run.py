@@ -1,28 +1,87 @@
 """Train a tiny BERT with MMR + MMS selection; run by test_distributed.py under `accelerate launch`, and called in
 the test process (``main(argv)``) for the single-process reference runs.
 
+``--num_samples`` sets the training set's size (50 with 2 processes × 8 candidates: an uneven last round);
+``--fsdp_on_cpu`` lets Accelerate's FSDP run on CPU processes (see ``allow_fsdp_on_cpu``); ``--check_stream_refusal``
+first checks that a several-process run over an IterableDataset is refused.
+
 Each process writes ``selections-rank{R}.json`` (fresh selection: the rows it selected, step by step) and
 ``trained-rank{R}.json`` (the rows of every trained micro-batch, and the cached scores); the main process
 saves the final model and the log history.
 """
 
+import copy
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from safetensors.torch import save_file  # noqa: E402
+from torch.utils.data import IterableDataset  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from builders import RecordingTrainer, tiny_model, token_dataset  # noqa: E402
-from mmr_transformers import MMRTrainingArguments  # noqa: E402
+from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
+
+
+@dataclass
+class RunOptions:
+    num_samples: int = 64
+    fsdp_on_cpu: bool = False
+    check_stream_refusal: bool = False
+
+
+def allow_fsdp_on_cpu():
+    """The smallest patch of Accelerate's state that lets FSDP run on CPU processes (gloo): Accelerate turns FSDP
+    on only for accelerator setups (its list of distributed types lacks MULTI_CPU) and otherwise silently runs
+    DDP. torch's FSDP2 itself runs on gloo; this makes AcceleratorState keep the FSDP plugin it was given."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
+
+    AcceleratorState.__init__ = init
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        yield from token_dataset(8)
+
+
+def full_state_dict(trainer):
+    """The model's weights, gathered whole from FSDP2's shards (a collective: every process calls it)."""
+    from torch.distributed.tensor import DTensor
+
+    return {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().clone().contiguous()
+            for name, value in trainer.model.state_dict().items()}
 
 
 def main(argv=None):
-    (args,) = HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(args=argv)
+    args, options = HfArgumentParser((MMRTrainingArguments, RunOptions)).parse_args_into_dataclasses(args=argv)
+    if options.fsdp_on_cpu:
+        allow_fsdp_on_cpu()
     model = tiny_model("bert", dropout=False, initializer_range=1.0)
-    trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(64))
+    os.makedirs(args.output_dir, exist_ok=True)
+    if options.check_stream_refusal:
+        try:
+            stream_args = copy.copy(args)
+            stream_args.max_steps = 4  # a stream needs a step count; the refusal comes from the process count
+            MMRTrainer(model=model, args=stream_args, train_dataset=Stream())
+            refused = ""
+        except ValueError as error:
+            refused = str(error)
+        with open(os.path.join(args.output_dir, f"stream-refusal-rank{args.process_index}.txt"), "w") as f:
+            f.write(refused)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(options.num_samples))
     trainer.train()
+    weights = full_state_dict(trainer) if trainer.is_fsdp_enabled else None
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, f"selections-rank{args.process_index}.json"), "w") as f:
         json.dump([{"step": r["step"], "selected": r["selected"]} for r in trainer.selections], f)
@@ -30,7 +89,11 @@ def main(argv=None):
         cache = trainer._sampler.scores.tolist() if trainer._sampler is not None else None
         json.dump({"trained": trainer.trained, "cached_scores": cache}, f)
     if trainer.is_world_process_zero():
-        trainer.save_model(os.path.join(args.output_dir, "final"))
+        if weights is None:
+            trainer.save_model(os.path.join(args.output_dir, "final"))
+        else:
+            os.makedirs(os.path.join(args.output_dir, "final"), exist_ok=True)
+            save_file(weights, os.path.join(args.output_dir, "final", "model.safetensors"))
         with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
             json.dump(trainer.state.log_history, f)
     # leave the process group before exiting: without it, gloo's threads sometimes abort the exit

@@ -95,3 +95,75 @@ def test_two_processes_keep_one_cache_and_select_the_single_process_global_batch
         assert not ranks[0] & ranks[1]  # no input trained twice, none moved between ranks
         single = set(map(tuple, one["trained"][2 * step])) | set(map(tuple, one["trained"][2 * step + 1]))
         assert ranks[0] | ranks[1] == single, step
+
+
+# ---- uneven data: 50 samples, 2 processes × 8 candidates per step, so the last round holds 2 real candidates ----
+
+UNEVEN = ["--num_samples", "50", "--max_steps", "-1", "--num_train_epochs", "1"]
+
+
+def trained_rows(run):
+    return [{tuple(row) for row in batch} for batch in run["trained"]]
+
+
+@pytest.fixture(scope="module")
+def uneven_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("uneven")
+    accelerate_launch(SCRIPT, [*COMMON, *UNEVEN, "--check_stream_refusal", "true", "--output_dir", str(base / "two")])
+    single_process([*COMMON, *UNEVEN, "--output_dir", str(base / "one")])
+    return base
+
+
+def test_uneven_data_trains_only_real_candidates_as_one_process_would(uneven_runs):
+    base = uneven_runs
+    two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
+    one = json.load(open(base / "one" / "trained-rank0.json"))
+    assert [len(b) for b in two[0]["trained"]] == [4, 4, 4, 1] and [len(b) for b in two[1]["trained"]] == [4, 4, 4, 0]
+    assert [len(b) for b in one["trained"]] == [4, 4, 4, 4, 4, 4, 1]  # ceil(2 / k) = 1 row of the 2 real candidates
+    for step in range(4):
+        single = set().union(*trained_rows(one)[2 * step: 2 * step + 2])
+        assert trained_rows(two[0])[step] | trained_rows(two[1])[step] == single, step
+    every = [row for run in two for batch in run["trained"] for row in map(tuple, batch)]
+    assert len(every) == len(set(every)) == 25  # no repeats from the start of the epoch
+    (_, two_losses, two_weights), (_, one_losses, one_weights) = read(base / "two", 2), read(base / "one", 1)
+    assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    for name in one_weights:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6)
+    logs = [h for h in json.load(open(base / "two" / "log_history.json")) if "loss" in h]
+    assert [h["mmr/samples_trained"] for h in logs] == [8, 8, 8, 1] and logs[-1]["mmr/samples_scored"] == 2
+
+
+def test_several_processes_over_an_iterable_dataset_are_refused_without_drop_last(uneven_runs):
+    for rank in range(2):
+        message = (uneven_runs / "two" / f"stream-refusal-rank{rank}.txt").read_text()
+        assert "cannot tell them apart" in message and "Set dataloader_drop_last=True" in message
+
+
+@pytest.fixture(scope="module")
+def uneven_cached_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("uneven-cached")
+    cached = [*UNEVEN, "--num_train_epochs", "3", "--selection_source", "cached", "--selection_exploration", "0.25"]
+    accelerate_launch(SCRIPT, [*COMMON, *cached, "--output_dir", str(base / "two")])
+    single_process([*COMMON, *cached, "--output_dir", str(base / "one")])
+    return base
+
+
+def test_uneven_data_with_cached_selection_trains_each_pass_as_one_process_would(uneven_cached_runs):
+    base = uneven_cached_runs
+    two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
+    one = json.load(open(base / "one" / "trained-rank0.json"))
+    # a pass trains ceil(50 / 2) = 25 samples: 6 batches of 4 and one of 1, i.e. 4 steps on two processes
+    assert len(two[0]["trained"]) == 12 and len(one["trained"]) == 21
+    single = iter(trained_rows(one))
+    for step in range(12):
+        real = 2 if step % 4 < 3 else 1  # the last step of each pass has one real micro-batch
+        expected = set().union(*(next(single) for _ in range(real)))
+        assert trained_rows(two[0])[step] | trained_rows(two[1])[step] == expected, step
+    for p in range(3):
+        rows = [row for run in two for batch in run["trained"][4 * p: 4 * p + 4] for row in map(tuple, batch)]
+        assert len(rows) == len(set(rows)) == 25, p
+    assert two[0]["cached_scores"] == two[1]["cached_scores"]
+    (_, two_losses, two_weights), (_, one_losses, one_weights) = read(base / "two", 2), read(base / "one", 1)
+    assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    for name in one_weights:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6)
