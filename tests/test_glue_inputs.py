@@ -94,6 +94,13 @@ def test_a_csv_whose_quoted_field_swallows_lines_is_refused_naming_where_rows_an
         read_split(get_task("rte"), str(tmp_path / "train.csv"))
 
 
+def test_a_csv_export_in_the_official_columns_is_read_with_csv_quoting(tmp_path):
+    """An SST-2 export has the official columns (sentence, label) plus idx; as a .csv its commas are quoted."""
+    write_text(tmp_path / "train.csv", 'sentence,label,idx\n"funny , and ""smart""",1,0\nplain,0,1\n')
+    data = read_split(get_task("sst2"), str(tmp_path / "train.csv"))
+    assert list(zip(data["sentence"], data["label"])) == [('funny , and "smart"', 1), ("plain", 0)]
+
+
 def test_a_row_with_a_tab_in_its_text_is_refused_naming_its_line(tmp_path):
     write_text(tmp_path / "train.tsv", tsv(["sentence", "label"], ["fine .", 1], ["a tab\tinside .", 0]))
     with pytest.raises(ValueError, match=r"train.tsv, line 3: 3 fields where the header has 2 \(\['sentence', 'label'\]\)"):
@@ -124,6 +131,12 @@ def test_an_unknown_task_is_refused_by_the_choices(capsys, tmp_path):
     with pytest.raises(SystemExit):
         run_glue.parse_args(["--task", "imdb", "--output_dir", str(tmp_path), "--use_cpu"])
     assert "argument --task: invalid choice: 'imdb'" in capsys.readouterr().err
+
+
+def test_an_unknown_flag_is_named_without_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown command-line arguments \['--overwrite_output_dir'\]: not flags of "
+                                         r"this script \(run it with --help"):
+        run_glue.parse_args(["--task", "rte", "--output_dir", str(tmp_path), "--overwrite_output_dir"])
 
 
 # ---- item 15: mistakes a user can fix, named before training -------------------------------------------------

@@ -24,14 +24,19 @@ def accuracy(eval_prediction) -> dict[str, float]:
 
 def parse_layered(parser: HfArgumentParser, layers: list[tuple[str, dict[str, Any]]], argv: list[str]):
     """Parse ``argv`` with each ``(source, settings)`` layer, in order, as defaults under the command line:
-    defaults < layer 1 < layer 2 < ... < command line. Unknown keys fail naming their source."""
+    defaults < layer 1 < layer 2 < ... < command line. Unknown keys and unknown command-line arguments fail
+    naming their source."""
     valid = {action.dest for action in parser._actions}
     for source, settings in layers:
         unknown = sorted(set(settings) - valid)
         if unknown:
             raise SystemExit(f"{source}: unknown settings {unknown}; every key must be a command-line flag name.")
         parser.set_defaults(**settings)
-    return parser.parse_args_into_dataclasses(args=argv)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise SystemExit(f"unknown command-line arguments {remaining}: not flags of this script (run it with --help "
+                         f"for the list of flags).")
+    return tuple(parsed)
 
 
 def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[str, Any]) -> dict[str, float]:
