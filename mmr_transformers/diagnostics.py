@@ -112,13 +112,11 @@ def _per_sample(model: nn.Module, batches: Iterable[Mapping[str, Any]], head: Cl
                 gather: Gather) -> tuple[dict[str, torch.Tensor], float]:
     """Each sample's margin, top two classes, label (``IGNORE_INDEX`` if none) and ``||phi||`` (float64 or int64, on
     the CPU), and the sum over labelled samples of ``||W[y] - W[m]||²``."""
-    weight = head.weight
-    unit_feature = torch.zeros_like(weight[:1])
-    unit_feature[0, 0] = 1.0
     columns, weight_gap_sum = defaultdict(list), 0.0
     for batch in batches:
         with head.capture() as captured:
             logits = logits_of(model(**{key: value for key, value in batch.items() if key != "labels"}))
+        weight = captured.weight  # taken inside the forward: the full weight of a sharded model too
         labels = batch.get("labels")
         part = gather({
             "logits": logits,
@@ -129,11 +127,14 @@ def _per_sample(model: nn.Module, batches: Iterable[Mapping[str, Any]], head: Cl
         logits, labels = part["logits"], part["labels"]
         num_labelled = int((labels != IGNORE_INDEX).sum())
         if num_labelled:  # R at unit features (max ||phi||² = 1) is the mean weight gap
+            unit_feature = torch.zeros_like(weight[:1])
+            unit_feature[0, 0] = 1.0
             gap = multi_margin_penalty(unit_feature.expand(len(logits), -1), logits, labels, weight)
             weight_gap_sum += gap.item() * num_labelled
         top = _at_least_fp32(logits).topk(2, dim=1).indices
         for key, value in (("margins", minimal_margin_scores(logits, weight).double()), ("top1", top[:, 0]),
-                           ("top2", top[:, 1]), ("labels", labels.long()), ("feature_norm", part["feature_norm"].double())):
+                           ("top2", top[:, 1]), ("labels", labels.long()),
+                           ("feature_norm", part["feature_norm"].double())):
             columns[key].append(value.cpu())
     if not columns:
         raise ValueError("margin_diagnostics got no samples: batches was empty.")

@@ -62,7 +62,7 @@ class MarginDiagnosticsCallback(TrainerCallback):
                  **options: Any):
         check_diagnostics_options(**options)
         if trainer.eval_dataset is None:
-            raise ValueError("MarginDiagnosticsCallback diagnoses the evaluation set: give the trainer an eval_dataset.")
+            raise ValueError("MarginDiagnosticsCallback diagnoses the evaluation set: give the trainer one.")
         if isinstance(trainer.eval_dataset, dict) and eval_dataset not in trainer.eval_dataset:
             raise ValueError(f"the trainer has several evaluation sets {sorted(trainer.eval_dataset)}: pass "
                              f"eval_dataset=<one of them> (got {eval_dataset!r}).")
