@@ -46,6 +46,8 @@ def allow_fsdp_on_cpu():
         original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
+            if self._mixed_precision != "no":  # what Accelerate's own FSDP branch does
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
 
     AcceleratorState.__init__ = init
 
