@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+import pytest
 from transformers import TrainerControl, TrainerState
 
 from builders import make_args, tiny_model, token_dataset
@@ -139,3 +140,21 @@ def test_a_real_run_records_each_evaluation_with_growing_training_seconds(output
     assert [p["eval_accuracy"] for p in points] == [h["eval_accuracy"] for h in evaluations]
     with open(os.path.join(output_dir, "eval_timeline.json")) as f:
         assert json.load(f) == points
+
+
+def test_a_resumed_run_continues_the_timeline_of_its_checkpoint(tmp_path):
+    data = token_dataset(64)
+    common = dict(max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, mmr_alpha=0.0)
+    full = MMRTrainer(model=tiny_model("bert"), args=make_args(str(tmp_path / "full"), **common), train_dataset=data,
+                      eval_dataset=data.select(range(8)), callbacks=[EvalTimeline()])
+    full.train()
+    original = json.load(open(tmp_path / "full" / "eval_timeline.json"))
+    timeline = EvalTimeline()
+    resumed = MMRTrainer(model=tiny_model("bert"), args=make_args(str(tmp_path / "resumed"), **common), train_dataset=data,
+                         eval_dataset=data.select(range(8)), callbacks=[timeline])
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    points = json.load(open(tmp_path / "resumed" / "eval_timeline.json"))
+    assert [p["step"] for p in points] == [2, 4, 6]
+    assert points[:2] == original[:2]  # the checkpoint's history, unchanged
+    assert points[2]["train_seconds"] > points[1]["train_seconds"]  # the clock continued, it did not restart
+    assert points[2]["eval_loss"] == pytest.approx(original[2]["eval_loss"], rel=1e-5)
