@@ -82,35 +82,11 @@ def test_one_verbatim_quote_makes_the_whole_tsv_verbatim(tmp_path):
         ('"say ""hi"""', "b", 1), ('he said "no"', "c", 0)]
 
 
-def test_a_csv_whose_quoted_field_swallows_lines_is_refused_naming_where_rows_and_lines_part(tmp_path):
-    write_text(tmp_path / "train.csv", "sentence1,sentence2,label,idx\n"
-                                       "ok,fine,1,0\n"
-                                       '"opens here,b,0,1\n'
-                                       "c,d,1,2\n"
-                                       'e,closes here",1,3\n'
-                                       "f,g,0,4\n")
-    with pytest.raises(ValueError, match=r"train.csv: 3 data rows parsed from 5 data lines; they part at line 3, whose "
-                                         r"row runs on to line 5 .*fix the quoting on line 3"):
-        read_split(get_task("rte"), str(tmp_path / "train.csv"))
-
-
 def test_a_csv_export_in_the_official_columns_is_read_with_csv_quoting(tmp_path):
     """An SST-2 export has the official columns (sentence, label) plus idx; as a .csv its commas are quoted."""
     write_text(tmp_path / "train.csv", 'sentence,label,idx\n"funny , and ""smart""",1,0\nplain,0,1\n')
     data = read_split(get_task("sst2"), str(tmp_path / "train.csv"))
     assert list(zip(data["sentence"], data["label"])) == [('funny , and "smart"', 1), ("plain", 0)]
-
-
-def test_a_row_with_a_tab_in_its_text_is_refused_naming_its_line(tmp_path):
-    write_text(tmp_path / "train.tsv", tsv(["sentence", "label"], ["fine .", 1], ["a tab\tinside .", 0]))
-    with pytest.raises(ValueError, match=r"train.tsv, line 3: 3 fields where the header has 2 \(\['sentence', 'label'\]\)"):
-        read_split(get_task("sst2"), str(tmp_path / "train.tsv"))
-
-
-def test_a_bad_quote_in_a_csv_is_refused_naming_its_line(tmp_path):
-    write_text(tmp_path / "dev.csv", 'sentence1,sentence2,label,idx\na,b,0,0\n"quoted" then text,c,1,1\n')
-    with pytest.raises(ValueError, match=r"dev.csv, line 3: not valid CSV"):
-        read_split(get_task("rte"), str(tmp_path / "dev.csv"))
 
 
 # ---- item 14: task aliases and capitalised names find their settings file -----------------------------------
@@ -139,49 +115,43 @@ def test_an_unknown_flag_is_named_without_a_traceback(tmp_path):
         run_glue.parse_args(["--task", "rte", "--output_dir", str(tmp_path), "--overwrite_output_dir"])
 
 
-# ---- item 15: mistakes a user can fix, named before training -------------------------------------------------
+# ---- items 2 and 15: files and flags refused before training, naming the file, row or flag ------------------
 
 
-def test_a_header_only_file_is_refused(tmp_path):
-    write_text(tmp_path / "train.tsv", tsv(["sentence", "label"]))
-    with pytest.raises(ValueError, match=r"train.tsv has a header but no data rows"):
-        read_split(get_task("sst2"), str(tmp_path / "train.tsv"))
+# Files refused before training, each naming the file (and line) and the fix: (task, file name, content, message).
+STSB = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
+REFUSED = {
+    # item 2: an unbalanced quote in a csv swallows the rows up to the next quote
+    "csv-quote-swallows-lines": ("rte", "train.csv", 'sentence1,sentence2,label,idx\nok,fine,1,0\n"opens here,b,0,1\n'
+                                 'c,d,1,2\ne,closes here",1,3\nf,g,0,4\n',
+                                 r"train.csv: 3 data rows parsed from 5 data lines; they part at line 3, whose row runs "
+                                 r"on to line 5 .*fix the quoting on line 3"),
+    "csv-bad-quote": ("rte", "dev.csv", 'sentence1,sentence2,label,idx\na,b,0,0\n"quoted" then text,c,1,1\n',
+                      r"dev.csv, line 3: not valid CSV"),
+    "tab-in-a-text": ("sst2", "train.tsv", tsv(["sentence", "label"], ["fine .", 1], ["a tab\tinside .", 0]),
+                      r"train.tsv, line 3: 3 fields where the header has 2 \(\['sentence', 'label'\]\)"),
+    # item 15
+    "header-only": ("sst2", "train.tsv", tsv(["sentence", "label"]), r"train.tsv has a header but no data rows"),
+    "empty": ("sst2", "dev.tsv", "\n", r"dev.tsv is empty"),
+    "not-utf8": ("sst2", "train.tsv", b"sentence\tlabel\nfine .\t1\ncaf\xe9 au lait\t0\n",
+                 r"train.tsv, line 3, column 4: byte 0xe9 is not UTF-8.*iconv"),
+    "empty-label": ("rte", "train.tsv", tsv(RTE_HF, ["a", "b", 1, 0], ["c", "d", "", 1]),
+                    r"train.tsv, line 3: the label \(column 'label'\) is empty"),
+    "test-split-label": ("sst2", "train.tsv", tsv(["sentence", "label"], ["fine .", -1], ["ok .", 1]),
+                         r"line 2: the label -1 is outside 0..1 for SST2 \(-1 marks an unlabelled test row"),
+    "label-no-class": ("sst2", "train.tsv", tsv(["sentence", "label"], ["fine .", "pos"], ["ok .", 1]),
+                       r"line 2: the label 'pos' \(column 'label'\) is not a class id 0..1"),
+    "score-no-number": ("stsb", "train.tsv", tsv(STSB, [0, "g", "f", "y", 0, "s", "s", "a", "b", "n/a"]),
+                        r"line 2: the score 'n/a' \(column 'score'\) is not a number"),
+}
 
 
-def test_an_empty_file_is_refused(tmp_path):
-    write_text(tmp_path / "dev.tsv", "\n")
-    with pytest.raises(ValueError, match=r"dev.tsv is empty"):
-        read_split(get_task("sst2"), str(tmp_path / "dev.tsv"))
-
-
-def test_a_byte_that_is_not_utf8_is_named_by_file_line_and_column(tmp_path):
-    with open(tmp_path / "train.tsv", "wb") as f:
-        f.write(b"sentence\tlabel\nfine .\t1\ncaf\xe9 au lait\t0\n")
-    with pytest.raises(ValueError, match=r"train.tsv, line 3, column 4: byte 0xe9 is not UTF-8.*iconv"):
-        read_split(get_task("sst2"), str(tmp_path / "train.tsv"))
-
-
-def test_an_empty_label_cell_is_named_by_line(tmp_path):
-    write_text(tmp_path / "train.tsv", tsv(RTE_HF, ["a", "b", 1, 0], ["c", "d", "", 1]))
-    with pytest.raises(ValueError, match=r"train.tsv, line 3: the label \(column 'label'\) is empty"):
-        read_split(get_task("rte"), str(tmp_path / "train.tsv"))
-
-
-@pytest.mark.parametrize("label, message", [
-    ("-1", r"line 2: the label -1 is outside 0..1 for SST2 \(-1 marks an unlabelled test row"),
-    ("pos", r"line 2: the label 'pos' \(column 'label'\) is not a class id 0..1"),
-])
-def test_a_label_that_is_no_class_is_named_by_line(tmp_path, label, message):
-    write_text(tmp_path / "train.tsv", tsv(["sentence", "label"], ["fine .", label], ["ok .", 1]))
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_bad_file_is_refused_naming_the_file_line_and_fix(case, tmp_path):
+    task, name, content, message = REFUSED[case]
+    (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ValueError, match=message):
-        read_split(get_task("sst2"), str(tmp_path / "train.tsv"))
-
-
-def test_a_score_that_is_no_number_is_named_by_line(tmp_path):
-    header = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
-    write_text(tmp_path / "train.tsv", tsv(header, [0, "g", "f", "y", 0, "s", "s", "a", "b", "n/a"]))
-    with pytest.raises(ValueError, match=r"line 2: the score 'n/a' \(column 'score'\) is not a number"):
-        read_split(get_task("stsb"), str(tmp_path / "train.tsv"))
+        read_split(get_task(task), str(tmp_path / name))
 
 
 def sst2_dir(tmp_path, train_rows=(("good fun .", 1), ("dull .", 0))):
