@@ -4,6 +4,11 @@ reported by benchmarks/active_learning_report.py."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import random
+import statistics
 import subprocess
 import sys
 
@@ -11,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from transformers import BertTokenizerFast
 
-from builders import REPO, rows, tiny_model, token_dataset
+from builders import REPO, load_script, rows, tiny_model, token_dataset
 from mmr_transformers import QUERY_STRATEGIES, select_for_labeling
 from reference import brute_force_mms, classifier_linear, independent_features
 
@@ -155,3 +161,159 @@ def test_the_registry_is_the_strategy_list_and_the_module_needs_no_transformers(
     code = "import sys, mmr_transformers.active_learning; print('transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+# ---- scripts/run_active_learning.py end to end, on a tiny CSV data set and a tiny BERT saved here --------------
+
+run_active_learning = load_script("run_active_learning")
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # where the report finds ``common``, as ``python benchmarks/x.py`` does
+report = load_script("active_learning_report", "benchmarks")
+
+CLASSES = {"alpha": ["sun", "sky", "day"], "beta": ["rain", "cloud", "wet"], "gamma": ["snow", "ice", "cold"]}
+FILLER = ["the", "a", "is", "was", "very", "quite", "today", "here", "now", "and"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny random BERT of tests/builders.py and a word-level tokenizer of the data's words, saved."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    words = [w for words in CLASSES.values() for w in words] + FILLER
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", *words]) + "\n")
+    BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(path)  # transformers 5: vocab=, not vocab_file=
+    tiny_model("bert", num_labels=len(CLASSES), initializer_range=0.5).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """train.csv (48 rows) and test.csv (15 rows) of distinct texts: a class word among filler words, most texts with
+    a comma (quoted in the file)."""
+    path = tmp_path_factory.mktemp("words")
+    rng, texts = random.Random(0), set()
+    for split, size in (("train", 48), ("test", 15)):
+        with open(path / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "text", "category"])
+            while len(texts) < size + (48 if split == "test" else 0):
+                name = rng.choice(sorted(CLASSES))
+                text = " ".join(rng.sample(FILLER, 3) + [rng.choice(CLASSES[name])] + ([",", "and"] if len(texts) % 4 else []))
+                if text not in texts:  # distinct texts: no two rows tie in any ranking
+                    texts.add(text)
+                    writer.writerow([len(texts), text, name])
+    return str(path)
+
+
+def script_argv(data_dir, model_dir, output_dir, *extra):
+    return ["--data_dir", data_dir, "--model_name_or_path", model_dir, "--output_dir", output_dir, "--use_cpu",
+            "--initial_labels", "6", "--query_size", "5", "--max_steps", "16", "--batch_size", "4",
+            "--eval_batch_size", "7", "--learning_rate", "3e-3", *extra]
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Every model the script trains, with its test accuracy, in order."""
+    models = []
+    original = run_active_learning.train_round
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        models.append(result)
+        return result
+
+    monkeypatch.setattr(run_active_learning, "train_round", recording)
+    return models
+
+
+def csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def row_logits(model, tokenizer, texts):
+    """Each text's logits, one unpadded row at a time."""
+    model.eval()
+    with torch.no_grad():
+        return np.stack([model(**tokenizer(t, truncation=True, max_length=64, return_tensors="pt")).logits[0].double().numpy()
+                         for t in texts])
+
+
+def test_two_rounds_label_what_the_previous_model_chose_and_report_its_test_accuracy(data_dir, model_dir, tmp_path,
+                                                                                      trained):
+    output = str(tmp_path / "al")
+    records = run_active_learning.main(script_argv(data_dir, model_dir, output, "--strategy", "mms", "random",
+                                                   "--seed", "3", "--rounds", "2"))
+    train, test = csv_rows(os.path.join(data_dir, "train.csv")), csv_rows(os.path.join(data_dir, "test.csv"))
+    names = sorted(CLASSES)
+    tokenizer = BertTokenizerFast.from_pretrained(model_dir)
+    assert [r["strategy"] for r in records] == ["mms", "random"] and len(trained) == 6
+    for record, models in zip(records, (trained[:3], trained[3:])):
+        with open(os.path.join(output, f"{record['strategy']}-seed3.json")) as f:
+            assert json.load(f) == record
+        rounds = record["rounds"]
+        assert [r["labels_spent"] for r in rounds] == [6, 11, 16]
+        assert rounds[0]["labelled"] == np.random.default_rng(3).choice(48, 6, replace=False).tolist()
+        for number, (model, accuracy, _) in enumerate(models):
+            logits = row_logits(model, tokenizer, [row["text"] for row in test])
+            expected = np.mean(logits.argmax(axis=1) == [names.index(row["category"]) for row in test])
+            assert rounds[number]["test_accuracy"] == pytest.approx(expected, abs=1e-9)
+            done = {row for r in rounds[: number + 1] for row in r["labelled"]}
+            unlabelled = [i for i in range(48) if i not in done]
+            if record["strategy"] == "mms":  # brute-force smallest margins of the model over the unlabelled rows
+                weight = model.classifier.weight.detach().double().numpy()
+                margins = brute_force_mms(row_logits(model, tokenizer, [train[i]["text"] for i in unlabelled]), weight)
+                assert np.diff(np.sort(margins)[:6]).min() > 1e-5  # a ranking that padded batches cannot reorder
+                order = np.argsort(margins)[:5]
+            else:  # the seeded uniform draw of round `number`
+                order = np.argsort(torch.rand(len(unlabelled), generator=torch.Generator().manual_seed(3000 + number)).numpy())[:5]
+            chosen = rounds[number + 1]["labelled"] if number < 2 else record["next_query"]
+            assert chosen == [unlabelled[i] for i in order]
+    assert records[0]["rounds"][0]["labelled"] == records[1]["rounds"][0]["labelled"]  # one seed set per seed
+
+
+def test_a_restart_continues_after_the_last_finished_round_and_refuses_other_settings(data_dir, model_dir, tmp_path,
+                                                                                       trained):
+    output = str(tmp_path / "al")
+    first = run_active_learning.main(script_argv(data_dir, model_dir, output, "--strategy", "mms_diverse", "--rounds", "1"))[0]
+    assert len(first["rounds"]) == 2 and len(trained) == 2
+    second = run_active_learning.main(script_argv(data_dir, model_dir, output, "--strategy", "mms_diverse", "--rounds", "2"))[0]
+    assert len(trained) == 3  # round 2 only
+    assert second["rounds"][:2] == first["rounds"]
+    assert second["rounds"][2]["labelled"] == first["next_query"] and second["rounds"][2]["labels_spent"] == 16
+    assert run_active_learning.main(script_argv(data_dir, model_dir, output, "--strategy", "mms_diverse",
+                                                "--rounds", "2"))[0] == second and len(trained) == 3  # nothing to do
+    with pytest.raises(SystemExit, match=r"was run with other settings \(--query_size 5\).*another --output_dir"):
+        run_active_learning.main(script_argv(data_dir, model_dir, output, "--strategy", "mms_diverse", "--rounds", "3",
+                                             "--query_size", "4"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--label_column", "label"], r"no column \['label'\]; its header is \['id', 'text', 'category'\]"),
+    (["--rounds", "9"], r"6 \+ --rounds 9 x --query_size 5 = 51 labels, but the pool holds 48 rows"),
+])
+def test_the_script_refuses_bad_settings_before_training(data_dir, model_dir, tmp_path, trained, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        run_active_learning.main(script_argv(data_dir, model_dir, str(tmp_path / "al"), *extra))
+    assert not trained
+
+
+def test_the_report_tabulates_mean_and_std_per_labels_spent_and_labels_to_target(tmp_path, capsys):
+    curves = {("random", 0): [0.30, 0.50, 0.70], ("random", 1): [0.40, 0.65, 0.80],
+              ("mms", 0): [0.30, 0.70, 0.90], ("mms", 1): [0.40, 0.55, 0.90]}
+    for (strategy, seed), accuracies in curves.items():
+        rounds = [{"labels_spent": 10 * (i + 1), "test_accuracy": a} for i, a in enumerate(accuracies)]
+        with open(tmp_path / f"{strategy}-seed{seed}.json", "w") as f:
+            json.dump({"strategy": strategy, "seed": seed, "rounds": rounds}, f)
+    text = report.main([str(tmp_path), "--full_accuracy", "0.8", "--target_fraction", "0.75", "--plot",
+                        str(tmp_path / "al.png")])
+    std = statistics.stdev([0.50, 0.65])
+    assert f"| random | 0.3500 ± {statistics.stdev([0.3, 0.4]):.4f} (n=2) | 0.5750 ± {std:.4f} (n=2) |" in text
+    # target 0.6: mms reaches it at 20 labels (seed 0) and 30 (seed 1), random at 30 and 20
+    interpolate = lambda a0, a1: float(np.exp(np.log(10) + (0.6 - a0) / (a1 - a0) * (np.log(20) - np.log(10))))
+    mms_seed0, random_seed1 = interpolate(0.30, 0.70), interpolate(0.40, 0.65)
+    mms_seed1 = float(np.exp(np.log(20) + (0.6 - 0.55) / (0.9 - 0.55) * (np.log(30) - np.log(20))))
+    random_seed0 = float(np.exp(np.log(20) + (0.6 - 0.5) / (0.7 - 0.5) * (np.log(30) - np.log(20))))
+    ratios = [mms_seed0 / random_seed0, mms_seed1 / random_seed1]
+    assert (f"| mms | 2/2 | 25 | {(mms_seed0 + mms_seed1) / 2:.0f} | {np.mean(ratios):.2f} ({min(ratios):.2f}-"
+            f"{max(ratios):.2f}, n=2) |") in text
+    assert "| random | 2/2 | 25 |" in text and text in capsys.readouterr().out
+    assert (tmp_path / "al.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

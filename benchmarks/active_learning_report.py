@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Tabulate and plot active-learning runs: the per-run JSONs that ``scripts/run_active_learning.py`` writes.
+
+    python benchmarks/active_learning_report.py runs/active-learning/banking77 --full_accuracy 0.93 --plot al.png
+
+Prints per strategy the test accuracy at each number of labels spent (mean ± sample std over seeds, and the
+seed count) and, given the accuracy of training on the whole pool (``--full_accuracy``), the labels each strategy
+needed to reach ``--target_fraction`` of it: per seed, the first round reaching it (``time_to_target``'s
+``grid``) and the log-linear interpolation between that round and the one before (mean over the seeds that
+reached it), and the interpolated labels over random's on the same seed (mean and range; only seeds where
+both reached the target after round 0). ``--plot`` writes accuracy against labels spent, mean ± std per strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+from collections import defaultdict
+
+from common import time_to_target
+
+
+def load_runs(folder: str) -> list[dict]:
+    runs = [json.load(open(path)) for path in sorted(glob.glob(os.path.join(folder, "*.json")))]
+    return [run for run in runs if run.get("rounds")]
+
+
+def curves(runs: list[dict]) -> dict[str, dict[int, list[tuple[int, float]]]]:
+    """``{strategy: {seed: [(labels spent, test accuracy), ...]}}``."""
+    by = defaultdict(dict)
+    for run in runs:
+        by[run["strategy"]][run["seed"]] = [(r["labels_spent"], r["test_accuracy"]) for r in run["rounds"]]
+    return dict(sorted(by.items()))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def accuracy_table(by: dict) -> str:
+    """One row per strategy, one column per number of labels spent: mean ± std (n seeds) of the test accuracy."""
+    spent = sorted({labels for seeds in by.values() for points in seeds.values() for labels, _ in points})
+    lines = ["| strategy | " + " | ".join(f"{n} labels" for n in spent) + " |", "|---|" + "---|" * len(spent)]
+    for strategy, seeds in by.items():
+        cells = []
+        for n in spent:
+            values = [accuracy for points in seeds.values() for labels, accuracy in points if labels == n]
+            mean, std = mean_std(values) if values else (None, None)
+            cells.append(f"{mean:.4f} ± {std:.4f} (n={len(values)})" if values else "")
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def labels_to_target(by: dict, target: float) -> str:
+    """Per strategy: seeds reaching ``target``, mean labels to reach it (first round, interpolated) over those
+    seeds, and the interpolated labels over random's on the same seed."""
+    reached = {strategy: {seed: time_to_target(points, target) for seed, points in seeds.items()}
+               for strategy, seeds in by.items()}
+    lines = [f"| strategy | seeds reaching {target:.4f} | labels (first round) | labels (interpolated) | "
+             "interpolated / random's (range) |", "|---|---|---|---|---|"]
+    for strategy, seeds in reached.items():
+        hits = [t for t in seeds.values() if t["grid"] is not None]
+        grid = f"{statistics.mean(t['grid'] for t in hits):.0f}" if hits else "-"
+        interpolated = f"{statistics.mean(t['interpolated'] for t in hits):.0f}" if hits else "-"
+        ratios = [t["interpolated"] / reached["random"][seed]["interpolated"] for seed, t in seeds.items()
+                  if t["censored"] is None and seed in reached.get("random", {})
+                  and reached["random"][seed]["censored"] is None]
+        ratio = f"{statistics.mean(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}, n={len(ratios)})" if ratios else "-"
+        lines.append(f"| {strategy} | {len(hits)}/{len(seeds)} | {grid} | {interpolated} | {ratio} |")
+    return "\n".join(lines)
+
+
+def plot(by: dict, path: str, target: float | None = None) -> None:
+    """Test accuracy against labels spent: the mean over seeds per strategy, a band of ± one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy, seeds in by.items():
+        spent = sorted({labels for points in seeds.values() for labels, _ in points})
+        stats = [mean_std([a for points in seeds.values() for labels, a in points if labels == n]) for n in spent]
+        mean = [m for m, _ in stats]
+        line, = ax.plot(spent, mean, "o-", markersize=3, label=f"{strategy} (n={len(seeds)})")
+        ax.fill_between(spent, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("labels spent")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="the --output_dir of scripts/run_active_learning.py")
+    parser.add_argument("--full_accuracy", type=float, help="test accuracy of training on the whole pool")
+    parser.add_argument("--target_fraction", type=float, default=0.9, help="target = this share of --full_accuracy")
+    parser.add_argument("--plot", help="write a PNG plot here")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.folder)
+    if not runs:
+        raise SystemExit(f"no active-learning runs (JSON files with rounds) in {args.folder}")
+    by = curves(runs)
+    text = accuracy_table(by)
+    target = args.full_accuracy * args.target_fraction if args.full_accuracy is not None else None
+    if target is not None:
+        text += (f"\n\nLabels to reach {args.target_fraction:g} x {args.full_accuracy:.4f} = {target:.4f} test accuracy:\n\n"
+                 + labels_to_target(by, target))
+    print(text)
+    if args.plot:
+        plot(by, args.plot, target)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Pool-based active learning for text classification with a local CSV/TSV data set and a local pretrained encoder.
+
+    python scripts/run_active_learning.py --data_dir ../shared/data/banking77 --model_name_or_path ./model \\
+        --strategy mms breaking_ties random --seed 0 1 2 --initial_labels 100 --query_size 100 --rounds 10 \\
+        --output_dir runs/active-learning/banking77
+
+Each (strategy, seed) run: label a random seed set of ``--initial_labels`` rows of the train file (round 0; the same
+rows for every strategy of a seed), then ``--rounds`` times: the latest model chooses ``--query_size`` of the still
+unlabelled rows (``select_for_labeling``), they are labelled from the file's held labels, and a fresh model is
+trained from the pretrained encoder on all labels so far (``MMRTrainer`` with ``mmr_alpha=0`` and no selection,
+that is plain fine-tuning, for a fixed number of epochs or steps) and evaluated on the test file.
+
+One JSON per run, ``<output_dir>/<strategy>-seed<seed>.json``, rewritten after every round: the settings, and per
+round the labels spent, the rows labelled (0-based data rows of the train file), the test accuracy and the
+seconds spent. It also holds the rows the last model chose for the next round, so the same command continues an
+interrupted run (or one given more ``--rounds``) from its last finished round without the model. A restart with
+other settings is refused. ``benchmarks/active_learning_report.py`` tabulates and plots the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+
+import datasets
+import numpy as np
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
+
+from mmr_transformers import QUERY_STRATEGIES, MMRTrainer, MMRTrainingArguments, select_for_labeling
+from mmr_transformers.recipes.runner import accuracy
+
+SUBSET_SEED = 42  # --max_pool_samples / --max_test_samples draw the same rows for every run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="folder holding train.csv and test.csv (or .tsv)")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--label_column", default="category", help="class names or ids (BANKING77: category)")
+    parser.add_argument("--model_name_or_path", required=True, help="a local pretrained encoder (with its tokenizer)")
+    parser.add_argument("--output_dir", required=True, help="one JSON per (strategy, seed) run is written here")
+    parser.add_argument("--strategy", nargs="+", default=["mms", "random"], choices=sorted(QUERY_STRATEGIES))
+    parser.add_argument("--seed", nargs="+", type=int, default=[0])
+    parser.add_argument("--initial_labels", type=int, default=100, help="random seed set (round 0)")
+    parser.add_argument("--query_size", type=int, default=100, help="rows labelled per round")
+    parser.add_argument("--rounds", type=int, default=10, help="query rounds after round 0")
+    parser.add_argument("--max_pool_samples", type=int, help="use a fixed random subset of the train rows as the pool")
+    parser.add_argument("--max_test_samples", type=int, help="evaluate on a fixed random subset of the test rows")
+    parser.add_argument("--num_train_epochs", type=float, default=10.0)
+    parser.add_argument("--max_steps", type=int, default=-1, help="optimizer steps per round (overrides the epochs)")
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--batch_size", type=int, default=16, help="training batch size")
+    parser.add_argument("--eval_batch_size", type=int, default=128, help="batch size of evaluation and of the query")
+    parser.add_argument("--max_length", type=int, default=64, help="tokens per text after truncation")
+    parser.add_argument("--use_cpu", action="store_true", help="train on the CPU even where a GPU is available")
+    args = parser.parse_args(argv)
+    for flag in ("initial_labels", "query_size", "max_pool_samples", "max_test_samples", "batch_size",
+                 "eval_batch_size", "max_length"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} {value}: give at least 1")
+    if args.rounds < 0:
+        parser.error(f"--rounds {args.rounds}: give 0 or more query rounds")
+    return args
+
+
+def split_file(data_dir: str, split: str) -> str:
+    for name in (f"{split}.csv", f"{split}.tsv"):
+        if os.path.isfile(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    found = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else "no such folder"
+    raise SystemExit(f"--data_dir {data_dir}: no {split}.csv or {split}.tsv (found: {found}).")
+
+
+def read_examples(path: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    """Texts and label strings of a CSV (``.csv``) or tab-separated (``.tsv``) file with a header; every row is
+    checked (as many fields as the header, a text and a label)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
+        header = reader.fieldnames
+        if not header:
+            raise SystemExit(f"{path} is empty; it needs a header with {text_column!r} and {label_column!r}, then rows.")
+        missing = [column for column in (text_column, label_column) if column not in header]
+        if missing:
+            raise SystemExit(f"{path}: no column {missing}; its header is {header}. Name the text and label columns "
+                             f"with --text_column and --label_column.")
+        texts, labels = [], []
+        for row in reader:
+            if None in row or None in row.values():
+                raise SystemExit(f"{path}, line {reader.line_num}: not as many fields as the header {header}; fix the "
+                                 f"quoting or the delimiters of that line.")
+            if not row[text_column].strip() or not row[label_column].strip():
+                raise SystemExit(f"{path}, line {reader.line_num}: empty text or label; fill it in or delete the row.")
+            texts.append(row[text_column])
+            labels.append(row[label_column].strip())
+    if not texts:
+        raise SystemExit(f"{path} has a header but no rows.")
+    return texts, labels
+
+
+def subset_rows(size: int, limit: int | None) -> np.ndarray:
+    """Row numbers kept: all, or a fixed random ``limit`` of them (sorted)."""
+    if limit is None or limit >= size:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(SUBSET_SEED).permutation(size)[:limit])
+
+
+def load_data(args: argparse.Namespace, tokenizer) -> dict:
+    """The pool (tokenized train rows, with the train file's row number of each) and the tokenized test rows."""
+    train_path, test_path = split_file(args.data_dir, "train"), split_file(args.data_dir, "test")
+    train_texts, train_labels = read_examples(train_path, args.text_column, args.label_column)
+    test_texts, test_labels = read_examples(test_path, args.text_column, args.label_column)
+    names = sorted(set(train_labels))
+    unknown = sorted(set(test_labels) - set(names))
+    if unknown:
+        raise SystemExit(f"{test_path}: labels that {train_path} never has: {unknown[:5]}; the pool must hold every class.")
+    if len(names) < 2:
+        raise SystemExit(f"{train_path}: one class ({names}); classification needs at least 2.")
+    ids = {name: i for i, name in enumerate(names)}
+
+    def tokenized(texts, labels, rows):
+        data = datasets.Dataset.from_dict({"text": [texts[i] for i in rows], "labels": [ids[labels[i]] for i in rows]})
+        return data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
+                        batched=True, remove_columns=["text"])
+
+    pool_rows = subset_rows(len(train_texts), args.max_pool_samples)
+    test_rows = subset_rows(len(test_texts), args.max_test_samples)
+    needed = args.initial_labels + args.rounds * args.query_size
+    if needed > len(pool_rows):
+        raise SystemExit(f"--initial_labels {args.initial_labels} + --rounds {args.rounds} x --query_size "
+                         f"{args.query_size} = {needed} labels, but the pool holds {len(pool_rows)} rows: ask for fewer.")
+    return {"pool": tokenized(train_texts, train_labels, pool_rows), "pool_rows": pool_rows.tolist(),
+            "test": tokenized(test_texts, test_labels, test_rows), "label_names": names}
+
+
+def load_tokenizer(name: str):
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise SystemExit(f"Could not load the tokenizer of --model_name_or_path {name!r}: {error}\nPass a local folder "
+                         "with config.json, the weights and the tokenizer files (as save_pretrained writes them).") from None
+
+
+def train_round(args: argparse.Namespace, data: dict, labelled: list[int], seed: int, collator):
+    """A fresh model from the pretrained encoder (its head initialised by ``seed``), fine-tuned on the pool
+    positions ``labelled`` and evaluated on the test rows: ``(model, test accuracy, training seconds)``."""
+    set_seed(seed)
+    names = data["label_names"]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)})
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = MMRTrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=args.eval_batch_size, num_train_epochs=args.num_train_epochs,
+            max_steps=args.max_steps, learning_rate=args.learning_rate, seed=seed, mmr_alpha=0.0, selection="none",
+            save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=args.use_cpu,
+        )
+        trainer = MMRTrainer(model=model, args=training_args, train_dataset=data["pool"].select(labelled),
+                             data_collator=collator, compute_metrics=accuracy)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        metrics = trainer.evaluate(eval_dataset=data["test"])
+    return trainer.model, metrics["eval_accuracy"], seconds
+
+
+SETTINGS = ("data_dir", "text_column", "label_column", "model_name_or_path", "initial_labels", "query_size",
+            "max_pool_samples", "max_test_samples", "num_train_epochs", "max_steps", "learning_rate", "batch_size",
+            "max_length")
+
+
+def load_record(path: str, args: argparse.Namespace, strategy: str, seed: int, data: dict) -> dict:
+    """The run's record so far, or a new one; a stored run with other settings is refused."""
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    if not os.path.exists(path):
+        return {"strategy": strategy, "seed": seed, "settings": settings, "pool_size": len(data["pool_rows"]),
+                "test_size": len(data["test"]), "num_classes": len(data["label_names"]), "rounds": [],
+                "next_query": None}
+    with open(path) as f:
+        record = json.load(f)
+    stored = record["settings"]
+    changed = [f"--{name} {stored.get(name)}" for name in SETTINGS if stored.get(name) != settings[name]]
+    if changed:
+        raise SystemExit(f"{path} was run with other settings ({', '.join(changed)}); rerun with those to continue "
+                         f"it, or pass another --output_dir to start a new run.")
+    return record
+
+
+def write_record(path: str, record: dict) -> None:
+    """Replace the run's JSON at once (a crash leaves the previous round's file, never half a file)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def run(args: argparse.Namespace, data: dict, collator, strategy: str, seed: int) -> dict:
+    """Rounds of one (strategy, seed) run up to ``args.rounds``, continuing its JSON's last finished round."""
+    path = os.path.join(args.output_dir, f"{strategy}-seed{seed}.json")
+    record = load_record(path, args, strategy, seed, data)
+    position_of = {row: position for position, row in enumerate(data["pool_rows"])}
+    labelled = [position_of[row] for done in record["rounds"] for row in done["labelled"]]
+    pool_inputs = data["pool"].remove_columns("labels")  # the held labels never reach the query
+    while len(record["rounds"]) <= args.rounds:
+        number = len(record["rounds"])
+        if number == 0:  # the seed set: the same rows for every strategy of this seed
+            new = np.random.default_rng(seed).choice(len(data["pool_rows"]), args.initial_labels, replace=False).tolist()
+        else:
+            new = [position_of[row] for row in record["next_query"]]
+        labelled += new
+        model, test_accuracy, train_seconds = train_round(args, data, labelled, seed, collator)
+        started = time.perf_counter()
+        unlabelled = sorted(set(range(len(data["pool_rows"]))) - set(labelled))
+        chosen = select_for_labeling(model, pool_inputs.select(unlabelled), min(args.query_size, len(unlabelled)),
+                                     strategy, collate_fn=collator, batch_size=args.eval_batch_size,
+                                     seed=1000 * seed + number) if unlabelled else []
+        record["next_query"] = [data["pool_rows"][unlabelled[i]] for i in chosen]
+        record["rounds"].append({
+            "round": number, "labels_spent": len(labelled), "labelled": [data["pool_rows"][i] for i in new],
+            "test_accuracy": test_accuracy, "train_seconds": round(train_seconds, 2),
+            "query_seconds": round(time.perf_counter() - started, 2),
+        })
+        write_record(path, record)
+        print(f"{strategy} seed {seed} round {number}: {len(labelled)} labels, test accuracy {test_accuracy:.4f} "
+              f"({train_seconds:.0f} s training)", flush=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    transformers.utils.logging.set_verbosity_error()  # the fresh head's "newly initialized" warning, every round
+    tokenizer = load_tokenizer(args.model_name_or_path)
+    data = load_data(args, tokenizer)
+    collator = DataCollatorWithPadding(tokenizer)
+    os.makedirs(args.output_dir, exist_ok=True)
+    return [run(args, data, collator, strategy, seed) for seed in args.seed for strategy in args.strategy]
+
+
+if __name__ == "__main__":
+    main()
