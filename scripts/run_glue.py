@@ -31,7 +31,7 @@ from transformers import (
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
 from mmr_transformers.recipes.callbacks import EvalTimeline
 from mmr_transformers.recipes.runner import parse_layered, train_and_evaluate
-from mmr_transformers.recipes.glue import ALIASES, TASKS, get_task, glue_metrics, load_glue
+from mmr_transformers.recipes.glue import ALIASES, SPLIT_FILES, TASKS, get_task, glue_metrics, load_glue
 
 logger = logging.getLogger(__name__)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "glue_configs")
@@ -126,9 +126,9 @@ def load_data(task, glue_args: GlueArguments):
     except OSError as error:  # ConnectionError, the Hub's HTTP errors, a dataset missing from an offline cache
         raise SystemExit(
             f"Could not load GLUE {task.name.upper()} from the Hugging Face Hub (nyu-mll/glue): {error}\n"
-            f"Without a network, pass --data_dir with the task's local GLUE files (e.g. --data_dir "
-            f"../shared/data/glue/{task.name.upper()}, holding train.tsv and dev.tsv), a local --model_name_or_path, "
-            f"and set HF_HUB_OFFLINE=1 so nothing waits for the Hub."
+            f"Without a network, pass --data_dir with the task's local GLUE files (a folder holding "
+            f"{' and '.join(SPLIT_FILES[split][0] for split in ('train', *task.eval_splits))}), a local "
+            f"--model_name_or_path, and set HF_HUB_OFFLINE=1 so nothing waits for the Hub."
         ) from None
 
 

@@ -109,6 +109,11 @@ def test_an_unknown_task_is_refused_by_the_choices(capsys, tmp_path):
     assert "argument --task: invalid choice: 'imdb'" in capsys.readouterr().err
 
 
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=r"--config_file .*nope.json: no such file; pass a JSON settings file"):
+        run_glue.parse_args(["--task", "rte", "--config_file", str(tmp_path / "nope.json"), "--output_dir", str(tmp_path)])
+
+
 def test_an_unknown_flag_is_named_without_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match=r"unknown command-line arguments \['--overwrite_output_dir'\]: not flags of "
                                          r"this script \(run it with --help"):
@@ -201,7 +206,7 @@ def test_offline_without_data_dir_says_how_to_run_from_local_files(tmp_path):
                             env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Could not load GLUE RTE from the Hugging Face Hub (nyu-mll/glue)" in result.stderr
-    assert "pass --data_dir with the task's local GLUE files" in result.stderr
+    assert "pass --data_dir with the task's local GLUE files (a folder holding train.tsv and dev.tsv)" in result.stderr
     assert "HF_HUB_OFFLINE=1" in result.stderr and "--model_name_or_path" in result.stderr
     assert "Traceback" not in result.stderr
 
