@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO-3 on this CPU, one process over gloo: the classifier's weight is partitioned (shape ``(0,)``
 between forwards), yet ``find_classifier(model).capture()`` sees the full weight inside the forward, MMR's
-penalty on it equals the unsharded model's, and one ``engine.backward(loss + alpha·R)`` plus a step gives the
+penalty on it equals the unsharded model's, ``select_rows`` through the engine keeps the unsharded model's rows,
+and one ``engine.backward(loss + alpha·R)`` plus a step gives the
 weights of an unsharded torch SGD step.
 
     python benchmarks/deepspeed_cpu_check.py
@@ -22,7 +23,7 @@ import sys
 import torch
 import transformers
 
-from mmr_transformers import find_classifier, multi_margin_penalty
+from mmr_transformers import find_classifier, multi_margin_penalty, select_rows
 
 ALPHA, LR, ROWS, CLASSES = 0.5, 0.1, 8, 3
 TOLERANCE = 1e-6
@@ -64,7 +65,9 @@ def main() -> int:
     batch = {"input_ids": torch.randint(3, 64, (ROWS, 8), generator=g), "attention_mask": torch.ones(ROWS, 8, dtype=torch.long),
              "labels": torch.randint(0, CLASSES, (ROWS,), generator=g)}
     config = {"train_micro_batch_size_per_gpu": ROWS, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
-              "zero_optimization": {"stage": 3}, "zero_allow_untested_optimizer": True}
+              # persistence threshold 0: no parameter stays gathered between forwards, the small head included
+              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+              "zero_allow_untested_optimizer": True}
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR), config=config)
     head = find_classifier(engine.module)
     full_shape = tuple(reference.classifier.weight.shape)
@@ -77,6 +80,12 @@ def main() -> int:
     stored = head.linear.weight
     check("partitioned", tuple(stored.shape) == (0,) and tuple(stored.ds_shape) == full_shape,
           f"the classifier parameter holds shape {tuple(stored.shape)} between forwards, ds_shape {tuple(stored.ds_shape)}")
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    scored, ref_scored = (select_rows(m, find_classifier(m), inputs, ROWS // 2, "mms") for m in (engine, reference))
+    check("scoring", torch.equal(scored.keep, ref_scored.keep) and torch.equal(scored.margins, ref_scored.margins),
+          f"select_rows through the engine (no gradients, eval mode) keeps rows {scored.keep.tolist()}, the unsharded "
+          f"model {ref_scored.keep.tolist()}; margins equal: {torch.equal(scored.margins, ref_scored.margins)}")
 
     engine.train()
     loss, penalty, captured = forward_with_penalty(engine, batch)
@@ -111,6 +120,8 @@ def main() -> int:
           f"after engine.backward(loss + {ALPHA}·R) and engine.step() (SGD lr {LR}), gathered weights vs one unsharded "
           f"torch step: classifier max |diff| {head_diff:.2e}, all {len(names)} parameters {worst:.2e} (<= {TOLERANCE:g}); "
           f"R's share of the classifier's step {r_effect:.2e}")
+    check("partitioned after the step", tuple(head.linear.weight.shape) == (0,),
+          f"the classifier parameter's shape after the step: {tuple(head.linear.weight.shape)}")
     print(f"deepspeed {deepspeed.__version__}, torch {torch.__version__}, transformers {transformers.__version__}: "
           f"{sum(results)}/{len(results)} checks ok", flush=True)
     return 0 if all(results) else 1
