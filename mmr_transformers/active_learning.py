@@ -180,15 +180,16 @@ def select_for_labeling(
         )
     head = find_classifier(model, classifier_module)
     check_classification_head(model, head, "select_for_labeling")
-    logits, features = _score_pool(model, head, unlabeled_dataset, strategy.needs_features, collate_fn, batch_size,
-                                   device)
+    logits, features, weight = _score_pool(model, head, unlabeled_dataset, strategy.needs_features, collate_fn,
+                                           batch_size, device)
     with torch.no_grad():
-        priority = strategy.priority(logits, head.weight, features, num_samples, torch.Generator().manual_seed(seed))
+        priority = strategy.priority(logits, weight, features, num_samples, torch.Generator().manual_seed(seed))
     return priority.argsort(stable=True)[:num_samples].tolist()
 
 
 def _score_pool(model, head, dataset, needs_features, collate_fn, batch_size, device):
-    """The pool's logits ``(N, C)`` and, when asked, the classifier's inputs ``(N, D)``, in dataset order."""
+    """The pool's logits ``(N, C)``, when asked the classifier's inputs ``(N, D)`` (else ``None``), in dataset order,
+    and the classifier weight as the forward applied it (a sharded model's full weight)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     was_training = model.training
@@ -204,7 +205,7 @@ def _score_pool(model, head, dataset, needs_features, collate_fn, batch_size, de
                     features.append(captured.features_for(batch_logits))
     finally:
         model.train(was_training)
-    return torch.cat(logits), torch.cat(features) if needs_features else None
+    return torch.cat(logits), torch.cat(features) if needs_features else None, captured.weight
 
 
 def _model_inputs(batch: Any, device: torch.device) -> dict[str, Any]:
