@@ -158,6 +158,11 @@ class MMRTrainer(Trainer):
                 f"so it needs a dataset with a length and indexing; got a {type(self.train_dataset).__name__} "
                 "(an IterableDataset). Use selection_source='fresh', or a map-style dataset (datasets.Dataset)."
             )
+        if self._int8 is not None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                "selection_scorer='int8' quantizes a whole copy of the model, which a sharded model (FSDP, DeepSpeed "
+                "ZeRO-3) does not hold on any one process. Use selection_scorer='model' (with --bf16 on GPUs)."
+            )
         if self._int8 is not None and self.args.device.type != "cpu":
             raise ValueError(
                 f"selection_scorer='int8' scores with a dynamically quantized copy, which runs on CPU only, but "

@@ -3,7 +3,8 @@ the test process (``main(argv)``) for the single-process reference runs.
 
 ``--num_samples`` sets the training set's size (50 with 2 processes × 8 candidates: an uneven last round);
 ``--fsdp_on_cpu`` lets Accelerate's FSDP run on CPU processes (see ``allow_fsdp_on_cpu``); ``--check_stream_refusal``
-first checks that a several-process run over an IterableDataset is refused.
+and ``--check_int8_refusal`` first check that a several-process run over an IterableDataset, and the int8 scorer of
+a sharded model, are refused.
 
 Each process writes ``selections-rank{R}.json`` (fresh selection: the rows it selected, step by step) and
 ``trained-rank{R}.json`` (the rows of every trained micro-batch, and the cached scores); the main process
@@ -31,6 +32,7 @@ class RunOptions:
     num_samples: int = 64
     fsdp_on_cpu: bool = False
     check_stream_refusal: bool = False
+    check_int8_refusal: bool = False
 
 
 def allow_fsdp_on_cpu():
@@ -80,6 +82,16 @@ def main(argv=None):
         except ValueError as error:
             refused = str(error)
         with open(os.path.join(args.output_dir, f"stream-refusal-rank{args.process_index}.txt"), "w") as f:
+            f.write(refused)
+    if options.check_int8_refusal:
+        try:
+            int8_args = copy.copy(args)
+            int8_args.selection_scorer = "int8"
+            MMRTrainer(model=model, args=int8_args, train_dataset=token_dataset(8))
+            refused = ""
+        except ValueError as error:
+            refused = str(error)
+        with open(os.path.join(args.output_dir, f"int8-refusal-rank{args.process_index}.txt"), "w") as f:
             f.write(refused)
     trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(options.num_samples))
     trainer.train()

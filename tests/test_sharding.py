@@ -57,7 +57,7 @@ def test_fsdp2_selects_penalizes_and_steps_as_one_unsharded_process(wrapping, si
 def test_fsdp2_in_bf16_computes_margins_and_the_penalty_in_fp32(single, tmp_path):
     """bf16 parameters and activations (Accelerate's MixedPrecisionPolicy): the penalty is computed in fp32 from the
     bf16 weight and features, so it is not a bf16 number, and it stays within bf16 input rounding of the fp32 run's."""
-    accelerate_launch(SCRIPT, [*COMMON, *SGD, "--bf16", "--fsdp_on_cpu", "true", "--fsdp", "full_shard",
+    accelerate_launch(SCRIPT, [*COMMON, *SGD, "--bf16", "--check_int8_refusal", "true", "--fsdp_on_cpu", "true", "--fsdp", "full_shard",
                                "--fsdp_config", json.dumps(WRAPPINGS["head-own-unit-reshard"]),
                                "--output_dir", str(tmp_path)])
     (two_sel, two_losses, _), history = read(tmp_path, 2), json.load(open(tmp_path / "log_history.json"))
@@ -67,3 +67,5 @@ def test_fsdp2_in_bf16_computes_margins_and_the_penalty_in_fp32(single, tmp_path
     assert all(p != float(torch.tensor(p).bfloat16()) for p in penalties)  # fp32 arithmetic, not bf16
     assert any(loss == float(torch.tensor(loss).bfloat16()) for loss in two_losses)  # the model really ran in bf16
     assert [two_sel[r][0]["selected"] for r in range(2)] == [one_sel[0][r]["selected"] for r in range(2)]
+    for rank in range(2):  # the int8 scorer quantizes a whole model copy, which no process of a sharded model holds
+        assert "a sharded model (FSDP, DeepSpeed ZeRO-3) does not hold" in (tmp_path / f"int8-refusal-rank{rank}.txt").read_text()
