@@ -50,6 +50,7 @@ from torch.utils.data import Dataset
 from transformers import AutoModelForSequenceClassification, PrinterCallback, TrainerCallback, default_data_collator
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, find_classifier, multi_margin_penalty, select_rows
+from mmr_transformers.batching import trim_padding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -120,7 +121,7 @@ def build_pool(tokenizer, vocab_size: int, rows: int, max_length: int, seed: int
 
 
 class Rows(Dataset):
-    """The pool's rows as a map-style dataset of tensors (``default_data_collator`` stacks them)."""
+    """The pool's rows as a map-style dataset of tensors (``collate`` stacks them)."""
 
     def __init__(self, pool: dict):
         self.pool = pool
@@ -130,6 +131,11 @@ class Rows(Dataset):
 
     def __getitem__(self, i):
         return {key: value[i] for key, value in self.pool.items()}
+
+
+def collate(features: list[dict]) -> dict:
+    """Stack the rows and drop the columns that are padding in all of them (padding to the batch's longest row)."""
+    return trim_padding(default_data_collator(features))
 
 
 def batches(pool: dict, size: int, count: int, device) -> list[dict]:
@@ -235,7 +241,7 @@ def child_main(args) -> None:
     training = MMRTrainingArguments(output_dir=os.path.join(args.work, args.child), use_cpu=use_cpu, **spec["train"],
                                     **sharding)
     trainer = Recorder(model=model, args=training, train_dataset=Rows(torch.load(os.path.join(args.work, "pool.pt"))),
-                       data_collator=default_data_collator)
+                       data_collator=collate)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathered whole (a collective)
@@ -370,7 +376,7 @@ def check_step_cost(ctx) -> tuple[str, dict]:
                 train_sampling_strategy="sequential", save_strategy="no", report_to=[], disable_tqdm=True, seed=args.seed,
                 use_cpu=ctx.cpu, bf16=not ctx.cpu, **settings)
             clock = common.StepClock()
-            trainer = MMRTrainer(model=model, args=training, train_dataset=data, data_collator=default_data_collator,
+            trainer = MMRTrainer(model=model, args=training, train_dataset=data, data_collator=collate,
                                  callbacks=[Synchronize(), clock])
             trainer.remove_callback(PrinterCallback)
             trainer.train()
@@ -460,6 +466,8 @@ def main(argv=None) -> int:
         child_main(args)
         return 0
     dry = args.cpu_dry_run
+    if dry:
+        torch.set_num_threads(1)  # a tiny model on a shared CPU: threads only add contention
     for name, gpu, cpu in (("model", "auto", "tiny"), ("batch_size", 32, 8), ("bf16_batches", 8, 2),
                            ("cost_steps", 20, 6), ("rounds", 3, 1)):
         if getattr(args, name) is None:
