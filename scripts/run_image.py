@@ -20,12 +20,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 from transformers import HfArgumentParser, set_seed
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
 from mmr_transformers.recipes.callbacks import EvalTimeline
-from mmr_transformers.recipes.runner import parse_layered, train_and_evaluate
+from mmr_transformers.recipes.runner import accuracy, parse_layered, train_and_evaluate
 from mmr_transformers.recipes.image_data import DATASETS, load_image_datasets
 from mmr_transformers.recipes.regimes import REGIMES, get_regime
 from mmr_transformers.recipes.vision import build_model, fix_orthogonal_classifier
@@ -68,10 +67,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTraini
             "mmr_alpha_end": regime.mmr_alpha_end, "mmr_alpha_schedule": "linear" if regime.mmr_alpha_end else "constant",
         }))
     return parse_layered(HfArgumentParser((ImageArguments, MMRTrainingArguments)), layers, argv)
-
-
-def accuracy(prediction) -> dict[str, float]:
-    return {"accuracy": float(np.mean(np.argmax(prediction.predictions, axis=1) == prediction.label_ids))}
 
 
 def main(argv: list[str] | None = None) -> dict:
