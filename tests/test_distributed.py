@@ -76,11 +76,8 @@ CACHED = ["--selection_source", "cached", "--selection_exploration", "0.25", "--
 @pytest.fixture(scope="module")
 def cached_runs(tmp_path_factory):
     """Cached selection, 64 samples, k = 2, global batch 8: 4 steps per pass, so step 5 is in the second pass."""
-    base = tmp_path_factory.mktemp("cached")
-    accelerate_launch(SCRIPT, [*COMMON, *CACHED, "--output_dir", str(base / "two")])
-    single_process([*COMMON, *CACHED, "--output_dir", str(base / "one")])
-    two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
-    return two, json.load(open(base / "one" / "trained-rank0.json"))
+    _, two, one = two_processes_and_one(tmp_path_factory, "cached", CACHED)
+    return two, one
 
 
 def test_two_processes_keep_one_cache_and_select_the_single_process_global_batches(cached_runs):
@@ -106,18 +103,23 @@ def trained_rows(run):
     return [{tuple(row) for row in batch} for batch in run["trained"]]
 
 
+def two_processes_and_one(tmp_path_factory, name, argv, launched_only=()):
+    """Run ``argv`` on two launched processes and in this process with accumulation 2; return the folder and the
+    rows each trained (``trained-rank{R}.json``): ([rank 0's, rank 1's], the single process's)."""
+    base = tmp_path_factory.mktemp(name)
+    accelerate_launch(SCRIPT, [*COMMON, *argv, *launched_only, "--output_dir", str(base / "two")])
+    single_process([*COMMON, *argv, "--output_dir", str(base / "one")])
+    two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
+    return base, two, json.load(open(base / "one" / "trained-rank0.json"))
+
+
 @pytest.fixture(scope="module")
 def uneven_runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("uneven")
-    accelerate_launch(SCRIPT, [*COMMON, *UNEVEN, "--check_stream_refusal", "true", "--output_dir", str(base / "two")])
-    single_process([*COMMON, *UNEVEN, "--output_dir", str(base / "one")])
-    return base
+    return two_processes_and_one(tmp_path_factory, "uneven", UNEVEN, launched_only=["--check_stream_refusal", "true"])
 
 
 def test_uneven_data_trains_only_real_candidates_as_one_process_would(uneven_runs):
-    base = uneven_runs
-    two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
-    one = json.load(open(base / "one" / "trained-rank0.json"))
+    base, two, one = uneven_runs
     assert [len(b) for b in two[0]["trained"]] == [4, 4, 4, 1] and [len(b) for b in two[1]["trained"]] == [4, 4, 4, 0]
     assert [len(b) for b in one["trained"]] == [4, 4, 4, 4, 4, 4, 1]  # ceil(2 / k) = 1 row of the 2 real candidates
     for step in range(4):
@@ -135,23 +137,18 @@ def test_uneven_data_trains_only_real_candidates_as_one_process_would(uneven_run
 
 def test_several_processes_over_an_iterable_dataset_are_refused_without_drop_last(uneven_runs):
     for rank in range(2):
-        message = (uneven_runs / "two" / f"stream-refusal-rank{rank}.txt").read_text()
+        message = (uneven_runs[0] / "two" / f"stream-refusal-rank{rank}.txt").read_text()
         assert "cannot tell them apart" in message and "Set dataloader_drop_last=True" in message
 
 
 @pytest.fixture(scope="module")
 def uneven_cached_runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("uneven-cached")
     cached = [*UNEVEN, "--num_train_epochs", "3", "--selection_source", "cached", "--selection_exploration", "0.25"]
-    accelerate_launch(SCRIPT, [*COMMON, *cached, "--output_dir", str(base / "two")])
-    single_process([*COMMON, *cached, "--output_dir", str(base / "one")])
-    return base
+    return two_processes_and_one(tmp_path_factory, "uneven-cached", cached)
 
 
 def test_uneven_data_with_cached_selection_trains_each_pass_as_one_process_would(uneven_cached_runs):
-    base = uneven_cached_runs
-    two = [json.load(open(base / "two" / f"trained-rank{r}.json")) for r in range(2)]
-    one = json.load(open(base / "one" / "trained-rank0.json"))
+    base, two, one = uneven_cached_runs
     # a pass trains ceil(50 / 2) = 25 samples: 6 batches of 4 and one of 1, i.e. 4 steps on two processes
     assert len(two[0]["trained"]) == 12 and len(one["trained"]) == 21
     single = iter(trained_rows(one))
