@@ -276,13 +276,21 @@ class MMRTrainer(Trainer):
             raise ValueError("Trainer: training requires a train_dataset.")
         if self.mmr.cached_selection:
             return self._cached_train_dataloader()
-        return self._get_dataloader(
+        loader = self._get_dataloader(
             dataset=self.train_dataset,
             description="Training",
             batch_size=self.candidate_batch_size(),
             sampler_fn=self._get_train_sampler,
             is_training=True,
         )
+        if self.args.dataloader_drop_last and hasattr(self.train_dataset, "__len__") and len(loader) == 0:
+            raise ValueError(
+                f"dataloader_drop_last=True drops every candidate batch: {len(self.train_dataset)} training samples "
+                f"make no full batch of ceil(k·b) = {self.candidate_batch_size()} candidates per process "
+                f"({self.args.world_size} process(es)), so training would run 0 steps. Lower selection_ratio or "
+                "per_device_train_batch_size, or set dataloader_drop_last=False."
+            )
+        return loader
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the micro-batches of one optimizer step, drop the rows Accelerate added to even out the last

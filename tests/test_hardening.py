@@ -222,3 +222,11 @@ def test_the_cached_sampler_refuses_nan_scores_instead_of_reading_them_as_never_
         sampler.update(torch.tensor([2, 3]), torch.tensor([0.5, float("nan")]))
     sampler.update(torch.tensor([2, -1]), torch.tensor([0.5, float("nan")]))  # padding rows are ignored
     assert sampler.coverage() == 0.1
+
+
+def test_drop_last_that_would_leave_no_candidate_batch_is_refused(output_dir):
+    args = make_args(output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=4, per_device_train_batch_size=4,
+                     dataloader_drop_last=True, max_steps=-1, num_train_epochs=1)
+    trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(12))
+    with pytest.raises(ValueError, match=r"12 training samples make no full batch of ceil\(k·b\) = 16 candidates"):
+        trainer.train()
