@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Tabulate and plot active-learning runs: the per-run JSONs that ``scripts/run_active_learning.py`` writes.
 
-    python benchmarks/active_learning_report.py runs/active-learning/banking77 --full_accuracy 0.93 --plot al.png
+    python benchmarks/active_learning_report.py runs/active-learning/banking77 --full_accuracy "$FULL" --plot al.png
 
 Prints per strategy the test accuracy at each number of labels spent (mean ± sample std over seeds, and the
 seed count) and, given the accuracy of training on the whole pool (``--full_accuracy``), the labels each strategy
