@@ -8,7 +8,10 @@ seed count) and, given the accuracy of training on the whole pool (``--full_accu
 needed to reach ``--target_fraction`` of it: per seed, the first round reaching it (``time_to_target``'s
 ``grid``) and the log-linear interpolation between that round and the one before (mean over the seeds that
 reached it), and the interpolated labels over random's on the same seed (mean and range; only seeds where
-both reached the target after round 0). ``--plot`` writes accuracy against labels spent, mean ± std per strategy.
+both reached the target after round 0); then each margin-based strategy (``MARGIN_BASED``) against every other
+strategy, seed by seed, and the issue's goal checked: ``--goal_ratio`` (0.8) of random's labels or fewer, and fewer
+than every probability-based strategy (``PROBABILITY_BASED``, this package's and small-text's). ``--plot`` writes
+accuracy against labels spent, mean ± std per strategy.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ import statistics
 from collections import defaultdict
 
 from common import time_to_target
+
+MARGIN_BASED = ("mms", "mms_diverse")
+PROBABILITY_BASED = ("breaking_ties", "entropy", "least_confidence", "smalltext_breaking_ties",
+                     "smalltext_prediction_entropy", "smalltext_least_confidence")
 
 
 def load_runs(folder: str) -> list[dict]:
@@ -54,23 +61,63 @@ def accuracy_table(by: dict) -> str:
     return "\n".join(lines)
 
 
+def reached_target(by: dict, target: float) -> dict[str, dict[int, dict]]:
+    """``time_to_target`` per strategy and seed."""
+    return {strategy: {seed: time_to_target(points, target) for seed, points in seeds.items()}
+            for strategy, seeds in by.items()}
+
+
+def paired_ratios(reached: dict, strategy: str, other: str) -> dict[int, float]:
+    """Per seed where both reached the target after round 0: ``strategy``'s interpolated labels over ``other``'s."""
+    mine, theirs = reached[strategy], reached.get(other, {})
+    return {seed: t["interpolated"] / theirs[seed]["interpolated"] for seed, t in mine.items()
+            if t["censored"] is None and seed in theirs and theirs[seed]["censored"] is None}
+
+
 def labels_to_target(by: dict, target: float) -> str:
     """Per strategy: seeds reaching ``target``, mean labels to reach it (first round, interpolated) over those
     seeds, and the interpolated labels over random's on the same seed."""
-    reached = {strategy: {seed: time_to_target(points, target) for seed, points in seeds.items()}
-               for strategy, seeds in by.items()}
+    reached = reached_target(by, target)
     lines = [f"| strategy | seeds reaching {target:.4f} | labels (first round) | labels (interpolated) | "
              "interpolated / random's (range) |", "|---|---|---|---|---|"]
     for strategy, seeds in reached.items():
         hits = [t for t in seeds.values() if t["grid"] is not None]
         grid = f"{statistics.mean(t['grid'] for t in hits):.0f}" if hits else "-"
         interpolated = f"{statistics.mean(t['interpolated'] for t in hits):.0f}" if hits else "-"
-        ratios = [t["interpolated"] / reached["random"][seed]["interpolated"] for seed, t in seeds.items()
-                  if t["censored"] is None and seed in reached.get("random", {})
-                  and reached["random"][seed]["censored"] is None]
+        ratios = list(paired_ratios(reached, strategy, "random").values())
         ratio = f"{statistics.mean(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}, n={len(ratios)})" if ratios else "-"
         lines.append(f"| {strategy} | {len(hits)}/{len(seeds)} | {grid} | {interpolated} | {ratio} |")
     return "\n".join(lines)
+
+
+def margin_against_others(by: dict, target: float, goal_ratio: float) -> str:
+    """Each margin-based strategy against every other one, seed by seed (interpolated labels to ``target``), and
+    the goal: mean ratio to random at most ``goal_ratio`` and below 1 against every probability-based strategy."""
+    reached = reached_target(by, target)
+    lines = ["| margin strategy | against | labels / theirs, mean (range) | seeds with fewer labels |", "|---|---|---|---|"]
+    verdicts = []
+    for strategy in [name for name in MARGIN_BASED if name in by]:
+        means = {}
+        for other in [name for name in by if name != strategy]:
+            ratios = paired_ratios(reached, strategy, other)
+            if not ratios:
+                lines.append(f"| {strategy} | {other} | - | - |")
+                continue
+            means[other] = statistics.mean(ratios.values())
+            fewer = sum(ratio < 1 for ratio in ratios.values())
+            lines.append(f"| {strategy} | {other} | {means[other]:.2f} ({min(ratios.values()):.2f}-"
+                         f"{max(ratios.values()):.2f}) | {fewer}/{len(ratios)} |")
+        against = [name for name in PROBABILITY_BASED if name in by]
+        missing = [name for name in against + ["random"] if name not in means]
+        if missing:
+            verdicts.append(f"{strategy}: goal not decidable, no paired seeds against {missing}")
+            continue
+        beaten = [name for name in against if means[name] < 1]
+        met = means["random"] <= goal_ratio and len(beaten) == len(against)
+        verdicts.append(f"{strategy}: {'MET' if met else 'NOT MET'} (labels / random's {means['random']:.2f}, goal "
+                        f"<= {goal_ratio:g}; fewer labels than {len(beaten)} of {len(against)} probability-based "
+                        f"strategies{'' if met else ': not ' + str([n for n in against if n not in beaten])})")
+    return "\n".join(lines + [""] + [f"- {verdict}" for verdict in verdicts])
 
 
 def plot(by: dict, path: str, target: float | None = None) -> None:
@@ -102,6 +149,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("folder", help="the --output_dir of scripts/run_active_learning.py")
     parser.add_argument("--full_accuracy", type=float, help="test accuracy of training on the whole pool")
     parser.add_argument("--target_fraction", type=float, default=0.9, help="target = this share of --full_accuracy")
+    parser.add_argument("--goal_ratio", type=float, default=0.8, help="the goal's labels over random's, at most")
     parser.add_argument("--plot", help="write a PNG plot here")
     args = parser.parse_args(argv)
     runs = load_runs(args.folder)
@@ -112,7 +160,9 @@ def main(argv: list[str] | None = None) -> str:
     target = args.full_accuracy * args.target_fraction if args.full_accuracy is not None else None
     if target is not None:
         text += (f"\n\nLabels to reach {args.target_fraction:g} x {args.full_accuracy:.4f} = {target:.4f} test accuracy:\n\n"
-                 + labels_to_target(by, target))
+                 + labels_to_target(by, target)
+                 + "\n\nMargin-based selection against every other strategy (same seeds):\n\n"
+                 + margin_against_others(by, target, args.goal_ratio))
     print(text)
     if args.plot:
         plot(by, args.plot, target)

@@ -11,6 +11,12 @@ unlabelled rows (``select_for_labeling``), they are labelled from the file's hel
 trained from the pretrained encoder on all labels so far (``MMRTrainer`` with ``mmr_alpha=0`` and no selection,
 that is plain fine-tuning, for a fixed number of epochs or steps) and evaluated on the test file.
 
+With ``--frozen_encoder`` the encoder is not trained: the sentence embeddings of every pool and test text (mean
+pooling, L2-normalised, as all-MiniLM-L6-v2 was trained; see ``mmr_transformers.recipes.frozen_probe``) are computed
+once and cached (``--embedding_cache``), and each round trains a fresh linear probe on the labelled rows'
+embeddings (full-batch AdamW, ``--probe_epochs`` steps) in seconds. This mode also runs small-text's query strategies
+(``--strategy smalltext_*``; small-text installed) on the same probe, pools and seeds.
+
 One JSON per run, ``<output_dir>/<strategy>-seed<seed>.json``, rewritten after every round: the settings, and per
 round the labels spent, the rows labelled (0-based data rows of the train file), the test accuracy and the
 seconds spent. It also holds the rows the last model chose for the next round, so the same command continues an
@@ -29,10 +35,15 @@ import time
 
 import datasets
 import numpy as np
+import torch
 import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
 from mmr_transformers import QUERY_STRATEGIES, MMRTrainer, MMRTrainingArguments, select_for_labeling
+from mmr_transformers.recipes.frozen_probe import (
+    SMALL_TEXT_ARMS, FeatureDataset, ProbeClassifier, cache_key, cached_embeddings, probe_accuracy,
+    sentence_embeddings, small_text_strategy, train_probe,
+)
 from mmr_transformers.recipes.runner import accuracy
 
 SUBSET_SEED = 42  # --max_pool_samples / --max_test_samples draw the same rows for every run
@@ -45,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label_column", default="category", help="class names or ids (BANKING77: category)")
     parser.add_argument("--model_name_or_path", required=True, help="a local pretrained encoder (with its tokenizer)")
     parser.add_argument("--output_dir", required=True, help="one JSON per (strategy, seed) run is written here")
-    parser.add_argument("--strategy", nargs="+", default=["mms", "random"], choices=sorted(QUERY_STRATEGIES))
+    parser.add_argument("--strategy", nargs="+", default=["mms", "random"],
+                        choices=sorted(QUERY_STRATEGIES) + sorted(SMALL_TEXT_ARMS),
+                        help="this package's strategies; smalltext_* are small-text's (with --frozen_encoder only)")
     parser.add_argument("--seed", nargs="+", type=int, default=[0])
     parser.add_argument("--initial_labels", type=int, default=100, help="random seed set (round 0)")
     parser.add_argument("--query_size", type=int, default=100, help="rows labelled per round")
@@ -59,6 +72,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_batch_size", type=int, default=128, help="batch size of evaluation and of the query")
     parser.add_argument("--max_length", type=int, default=64, help="tokens per text after truncation")
     parser.add_argument("--use_cpu", action="store_true", help="train on the CPU even where a GPU is available")
+    parser.add_argument("--frozen_encoder", action="store_true",
+                        help="embed every text once (cached) and train a linear probe per round instead of fine-tuning")
+    parser.add_argument("--probe_epochs", type=int, default=100, help="full-batch AdamW steps of the probe per round")
+    parser.add_argument("--probe_learning_rate", type=float, default=0.1,
+                        help="defaults: chosen on a held-out split of BANKING77's train pool (benchmarks/al_probe_settings.py)")
+    parser.add_argument("--probe_weight_decay", type=float, default=0.0)
+    parser.add_argument("--embedding_cache", help="where --frozen_encoder caches the embeddings "
+                                                  "(default: <output_dir>/embeddings.pt)")
     args = parser.parse_args(argv)
     for flag in ("initial_labels", "query_size", "max_pool_samples", "max_test_samples", "batch_size",
                  "eval_batch_size", "max_length"):
@@ -67,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag} {value}: give at least 1")
     if args.rounds < 0:
         parser.error(f"--rounds {args.rounds}: give 0 or more query rounds")
+    if args.probe_epochs < 1:
+        parser.error(f"--probe_epochs {args.probe_epochs}: give at least 1")
+    small_text_arms = [name for name in args.strategy if name in SMALL_TEXT_ARMS]
+    if small_text_arms and not args.frozen_encoder:
+        parser.error(f"--strategy {' '.join(small_text_arms)}: small-text's strategies run on the frozen encoder's "
+                     "probe only; add --frozen_encoder.")
+    for name in small_text_arms:
+        small_text_strategy(name)  # small-text missing: refused now, not after the other runs
     return args
 
 
@@ -111,8 +140,10 @@ def subset_rows(size: int, limit: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(SUBSET_SEED).permutation(size)[:limit])
 
 
-def load_data(args: argparse.Namespace, tokenizer) -> dict:
-    """The pool (tokenized train rows, with the train file's row number of each) and the tokenized test rows."""
+def load_data(args: argparse.Namespace) -> dict:
+    """The pool (the train rows, with the train file's row number of each), the test rows and their labels, as
+    what the mode trains on: tokenized datasets (fine-tuning) or cached embeddings (``--frozen_encoder``). Also
+    ``pool_inputs`` (the pool as the query sees it: no labels) and the query's ``collate_fn``."""
     train_path, test_path = split_file(args.data_dir, "train"), split_file(args.data_dir, "test")
     train_texts, train_labels = read_examples(train_path, args.text_column, args.label_column)
     test_texts, test_labels = read_examples(test_path, args.text_column, args.label_column)
@@ -123,20 +154,44 @@ def load_data(args: argparse.Namespace, tokenizer) -> dict:
     if len(names) < 2:
         raise SystemExit(f"{train_path}: one class ({names}); classification needs at least 2.")
     ids = {name: i for i, name in enumerate(names)}
-
-    def tokenized(texts, labels, rows):
-        data = datasets.Dataset.from_dict({"text": [texts[i] for i in rows], "labels": [ids[labels[i]] for i in rows]})
-        return data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
-                        batched=True, remove_columns=["text"])
-
     pool_rows = subset_rows(len(train_texts), args.max_pool_samples)
     test_rows = subset_rows(len(test_texts), args.max_test_samples)
     needed = args.initial_labels + args.rounds * args.query_size
     if needed > len(pool_rows):
         raise SystemExit(f"--initial_labels {args.initial_labels} + --rounds {args.rounds} x --query_size "
                          f"{args.query_size} = {needed} labels, but the pool holds {len(pool_rows)} rows: ask for fewer.")
-    return {"pool": tokenized(train_texts, train_labels, pool_rows), "pool_rows": pool_rows.tolist(),
-            "test": tokenized(test_texts, test_labels, test_rows), "label_names": names}
+    texts = {"pool": [train_texts[i] for i in pool_rows], "test": [test_texts[i] for i in test_rows]}
+    labels = {"pool": [ids[train_labels[i]] for i in pool_rows], "test": [ids[test_labels[i]] for i in test_rows]}
+    data = {"pool_rows": pool_rows.tolist(), "label_names": names, "pool_labels": np.array(labels["pool"])}
+    tokenizer = load_tokenizer(args.model_name_or_path)
+    if args.frozen_encoder:
+        features = embed_texts(args, tokenizer, texts)
+        data.update({split: (features[split], torch.tensor(labels[split])) for split in ("pool", "test")})
+        data.update(pool_inputs=FeatureDataset(features["pool"]), collate_fn=None)
+        return data
+
+    def tokenized(split):
+        rows = datasets.Dataset.from_dict({"text": texts[split], "labels": labels[split]})
+        return rows.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
+                        batched=True, remove_columns=["text"])
+
+    data.update(pool=tokenized("pool"), test=tokenized("test"), collate_fn=DataCollatorWithPadding(tokenizer))
+    data["pool_inputs"] = data["pool"].remove_columns("labels")  # the held labels never reach the query
+    return data
+
+
+def embed_texts(args: argparse.Namespace, tokenizer, texts: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """The sentence embeddings of the pool and test texts, from ``<output_dir>/embeddings.pt`` or computed once."""
+
+    def compute():
+        print(f"embedding {sum(map(len, texts.values()))} texts with {args.model_name_or_path} (cached afterwards)",
+              flush=True)
+        encoder = AutoModel.from_pretrained(args.model_name_or_path)
+        return {split: sentence_embeddings(encoder, tokenizer, rows, args.max_length, args.eval_batch_size)
+                for split, rows in texts.items()}
+
+    key = cache_key(args.model_name_or_path, texts, args.max_length)
+    return cached_embeddings(args.embedding_cache or os.path.join(args.output_dir, "embeddings.pt"), key, compute)
 
 
 def load_tokenizer(name: str):
@@ -147,9 +202,16 @@ def load_tokenizer(name: str):
                          "with config.json, the weights and the tokenizer files (as save_pretrained writes them).") from None
 
 
-def train_round(args: argparse.Namespace, data: dict, labelled: list[int], seed: int, collator):
-    """A fresh model from the pretrained encoder (its head initialised by ``seed``), fine-tuned on the pool
-    positions ``labelled`` and evaluated on the test rows: ``(model, test accuracy, training seconds)``."""
+def train_round(args: argparse.Namespace, data: dict, labelled: list[int], seed: int):
+    """A fresh model trained on the pool positions ``labelled`` (fine-tuned from the pretrained encoder, its head
+    initialised by ``seed``; or with ``--frozen_encoder`` a linear probe on the embeddings) and evaluated on the
+    test rows: ``(model, test accuracy, training seconds)``."""
+    if args.frozen_encoder:
+        started = time.perf_counter()
+        (features, labels), test = data["pool"], data["test"]
+        probe = train_probe(features[labelled], labels[labelled], len(data["label_names"]), seed, args.probe_epochs,
+                            args.probe_learning_rate, args.probe_weight_decay)
+        return probe, probe_accuracy(probe, *test), time.perf_counter() - started
     set_seed(seed)
     names = data["label_names"]
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -163,7 +225,7 @@ def train_round(args: argparse.Namespace, data: dict, labelled: list[int], seed:
             save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=args.use_cpu,
         )
         trainer = MMRTrainer(model=model, args=training_args, train_dataset=data["pool"].select(labelled),
-                             data_collator=collator, compute_metrics=accuracy)
+                             data_collator=data["collate_fn"], compute_metrics=accuracy)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
@@ -171,9 +233,27 @@ def train_round(args: argparse.Namespace, data: dict, labelled: list[int], seed:
     return trainer.model, metrics["eval_accuracy"], seconds
 
 
+def query(args: argparse.Namespace, data: dict, model, strategy: str, labelled: list[int], seed: int) -> list[int]:
+    """The pool positions ``model`` wants labelled next (at most ``--query_size``; none when the pool is spent):
+    ``select_for_labeling`` over the unlabelled rows, or small-text's strategy over the same probe (its numpy draws,
+    e.g. EmbeddingKMeans' k-means, seeded by ``seed``)."""
+    unlabelled = sorted(set(range(len(data["pool_rows"]))) - set(labelled))
+    if not unlabelled:
+        return []
+    size = min(args.query_size, len(unlabelled))
+    if strategy in SMALL_TEXT_ARMS:
+        np.random.seed(seed)
+        chosen = small_text_strategy(strategy).query(ProbeClassifier(model), data["pool"][0].numpy(), np.array(unlabelled),
+                                                     np.array(labelled), data["pool_labels"][labelled], n=size)
+        return [int(i) for i in chosen]
+    chosen = select_for_labeling(model, data["pool_inputs"].select(unlabelled), size, strategy,
+                                 collate_fn=data["collate_fn"], batch_size=args.eval_batch_size, seed=seed)
+    return [unlabelled[i] for i in chosen]
+
+
 SETTINGS = ("data_dir", "text_column", "label_column", "model_name_or_path", "initial_labels", "query_size",
             "max_pool_samples", "max_test_samples", "num_train_epochs", "max_steps", "learning_rate", "batch_size",
-            "max_length")
+            "max_length", "frozen_encoder", "probe_epochs", "probe_learning_rate", "probe_weight_decay")
 
 
 def load_record(path: str, args: argparse.Namespace, strategy: str, seed: int, data: dict) -> dict:
@@ -181,8 +261,8 @@ def load_record(path: str, args: argparse.Namespace, strategy: str, seed: int, d
     settings = {name: getattr(args, name) for name in SETTINGS}
     if not os.path.exists(path):
         return {"strategy": strategy, "seed": seed, "settings": settings, "pool_size": len(data["pool_rows"]),
-                "test_size": len(data["test"]), "num_classes": len(data["label_names"]), "rounds": [],
-                "next_query": None}
+                "test_size": len(data["test"][1] if args.frozen_encoder else data["test"]),
+                "num_classes": len(data["label_names"]), "rounds": [], "next_query": None}
     with open(path) as f:
         record = json.load(f)
     stored = record["settings"]
@@ -200,13 +280,12 @@ def write_record(path: str, record: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def run(args: argparse.Namespace, data: dict, collator, strategy: str, seed: int) -> dict:
+def run(args: argparse.Namespace, data: dict, strategy: str, seed: int) -> dict:
     """Rounds of one (strategy, seed) run up to ``args.rounds``, continuing its JSON's last finished round."""
     path = os.path.join(args.output_dir, f"{strategy}-seed{seed}.json")
     record = load_record(path, args, strategy, seed, data)
     position_of = {row: position for position, row in enumerate(data["pool_rows"])}
     labelled = [position_of[row] for done in record["rounds"] for row in done["labelled"]]
-    pool_inputs = data["pool"].remove_columns("labels")  # the held labels never reach the query
     while len(record["rounds"]) <= args.rounds:
         number = len(record["rounds"])
         if number == 0:  # the seed set: the same rows for every strategy of this seed
@@ -214,13 +293,10 @@ def run(args: argparse.Namespace, data: dict, collator, strategy: str, seed: int
         else:
             new = [position_of[row] for row in record["next_query"]]
         labelled += new
-        model, test_accuracy, train_seconds = train_round(args, data, labelled, seed, collator)
+        model, test_accuracy, train_seconds = train_round(args, data, labelled, seed)
         started = time.perf_counter()
-        unlabelled = sorted(set(range(len(data["pool_rows"]))) - set(labelled))
-        chosen = select_for_labeling(model, pool_inputs.select(unlabelled), min(args.query_size, len(unlabelled)),
-                                     strategy, collate_fn=collator, batch_size=args.eval_batch_size,
-                                     seed=1000 * seed + number) if unlabelled else []
-        record["next_query"] = [data["pool_rows"][unlabelled[i]] for i in chosen]
+        chosen = query(args, data, model, strategy, labelled, 1000 * seed + number)
+        record["next_query"] = [data["pool_rows"][i] for i in chosen]
         record["rounds"].append({
             "round": number, "labels_spent": len(labelled), "labelled": [data["pool_rows"][i] for i in new],
             "test_accuracy": test_accuracy, "train_seconds": round(train_seconds, 2),
@@ -235,11 +311,9 @@ def run(args: argparse.Namespace, data: dict, collator, strategy: str, seed: int
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     transformers.utils.logging.set_verbosity_error()  # the fresh head's "newly initialized" warning, every round
-    tokenizer = load_tokenizer(args.model_name_or_path)
-    data = load_data(args, tokenizer)
-    collator = DataCollatorWithPadding(tokenizer)
     os.makedirs(args.output_dir, exist_ok=True)
-    return [run(args, data, collator, strategy, seed) for seed in args.seed for strategy in args.strategy]
+    data = load_data(args)
+    return [run(args, data, strategy, seed) for seed in args.seed for strategy in args.strategy]
 
 
 if __name__ == "__main__":

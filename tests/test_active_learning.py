@@ -1,6 +1,7 @@
 """Active learning: select_for_labeling chooses what a brute-force ranking of the pool chooses, spreads its
 choice over near-duplicates, refuses bad input by message; scripts/run_active_learning.py runs, resumes and is
-reported by benchmarks/active_learning_report.py."""
+reported by benchmarks/active_learning_report.py, in both modes (fine-tuning; a frozen encoder's cached embeddings
+and a linear probe, which small-text's strategies also query through a stand-in classifier)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+import transformers
 from transformers import BertTokenizerFast
 
 from builders import REPO, load_script, rows, tiny_model, token_dataset
 from mmr_transformers import QUERY_STRATEGIES, select_for_labeling
+from mmr_transformers.recipes.frozen_probe import LinearProbe, ProbeClassifier
 from reference import brute_force_mms, classifier_linear, independent_features
 
 POOL = 40
@@ -316,4 +319,102 @@ def test_the_report_tabulates_mean_and_std_per_labels_spent_and_labels_to_target
     assert (f"| mms | 2/2 | 25 | {(mms_seed0 + mms_seed1) / 2:.0f} | {np.mean(ratios):.2f} ({min(ratios):.2f}-"
             f"{max(ratios):.2f}, n=2) |") in text
     assert "| random | 2/2 | 25 |" in text and text in capsys.readouterr().out
+    fewer = sum(r < 1 for r in ratios)
+    assert f"| mms | random | {np.mean(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {fewer}/2 |" in text
+    verdict = "MET" if np.mean(ratios) <= 0.8 else "NOT MET"
+    assert f"- mms: {verdict} (labels / random's {np.mean(ratios):.2f}, goal <= 0.8; fewer labels than 0 of 0" in text
     assert (tmp_path / "al.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- --frozen_encoder: cached sentence embeddings and a linear probe per round ---------------------------------
+
+def frozen_argv(data_dir, model_dir, output_dir, *extra):
+    return ["--data_dir", data_dir, "--model_name_or_path", model_dir, "--output_dir", output_dir, "--frozen_encoder",
+            "--initial_labels", "6", "--query_size", "5", "--probe_epochs", "40", "--probe_learning_rate", "0.1",
+            "--eval_batch_size", "7", *extra]
+
+
+def mean_pooled(model_dir, texts, max_length=64):
+    """Each text alone (no padding): the mean of its last hidden state over its tokens, L2-normalised."""
+    encoder = transformers.AutoModel.from_pretrained(model_dir).eval()
+    tokenizer = BertTokenizerFast.from_pretrained(model_dir)
+    with torch.no_grad():
+        rows = [encoder(**tokenizer(t, truncation=True, max_length=max_length, return_tensors="pt")).last_hidden_state[0]
+                .double().mean(dim=0) for t in texts]
+    return torch.stack([row / row.norm() for row in rows])
+
+
+def test_the_frozen_encoder_loop_embeds_once_trains_a_probe_and_queries_by_the_margin_of_its_embeddings(
+        data_dir, model_dir, tmp_path, trained):
+    output = str(tmp_path / "al")
+    record = run_active_learning.main(frozen_argv(data_dir, model_dir, output, "--strategy", "mms", "--seed", "1",
+                                                  "--rounds", "2"))[0]
+    train, test = csv_rows(os.path.join(data_dir, "train.csv")), csv_rows(os.path.join(data_dir, "test.csv"))
+    stored = torch.load(os.path.join(output, "embeddings.pt"), weights_only=True)["embeddings"]
+    for split, rows in (("pool", train), ("test", test)):  # batched by length with padding = each text alone
+        assert torch.allclose(stored[split].double(), mean_pooled(model_dir, [r["text"] for r in rows]), atol=1e-5)
+    names = sorted(CLASSES)
+    test_labels = np.array([names.index(r["category"]) for r in test])
+    rounds = record["rounds"]
+    assert [r["labels_spent"] for r in rounds] == [6, 11, 16] and len(trained) == 3
+    for number, (probe, accuracy, _) in enumerate(trained):
+        assert isinstance(probe, LinearProbe)
+        logits = stored["test"].double() @ probe.classifier.weight.detach().double().T + probe.classifier.bias.detach().double()
+        assert rounds[number]["test_accuracy"] == pytest.approx(np.mean(logits.argmax(dim=1).numpy() == test_labels))
+        done = {row for r in rounds[: number + 1] for row in r["labelled"]}
+        unlabelled = [i for i in range(48) if i not in done]
+        weight = probe.classifier.weight.detach().double()
+        margins = brute_force_mms((stored["pool"][unlabelled].double() @ weight.T
+                                   + probe.classifier.bias.detach().double()).numpy(), weight.numpy())
+        assert np.diff(np.sort(margins)[:6]).min() > 1e-6
+        chosen = rounds[number + 1]["labelled"] if number < 2 else record["next_query"]
+        assert chosen == [unlabelled[i] for i in np.argsort(margins)[:5]]
+    assert rounds[1]["test_accuracy"] != rounds[0]["test_accuracy"] or rounds[2]["test_accuracy"] != rounds[1]["test_accuracy"]
+
+
+def without_seconds(record):
+    return {**record, "rounds": [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in record["rounds"]]}
+
+
+def test_a_resumed_frozen_run_equals_an_uninterrupted_one_and_a_mismatched_cache_is_refused(data_dir, model_dir,
+                                                                                           tmp_path, trained):
+    whole = run_active_learning.main(frozen_argv(data_dir, model_dir, str(tmp_path / "a"), "--strategy",
+                                                 "mms_diverse", "--rounds", "3"))[0]
+    cache = str(tmp_path / "shared.pt")
+    run_active_learning.main(frozen_argv(data_dir, model_dir, str(tmp_path / "b"), "--strategy", "mms_diverse",
+                                         "--rounds", "1", "--embedding_cache", cache))
+    resumed = run_active_learning.main(frozen_argv(data_dir, model_dir, str(tmp_path / "b"), "--strategy",
+                                                   "mms_diverse", "--rounds", "3", "--embedding_cache", cache))[0]
+    assert len(trained) == 4 + 2 + 2  # the resumed command trained rounds 2 and 3 only
+    assert without_seconds(resumed) == without_seconds(whole)
+    with pytest.raises(SystemExit, match=r"shared.pt holds embeddings of another encoder, data or length \(differs "
+                                         r"in \['max_length'\]\); delete it or pass another --output_dir"):
+        run_active_learning.main(frozen_argv(data_dir, model_dir, str(tmp_path / "c"), "--embedding_cache", cache,
+                                             "--rounds", "1", "--max_length", "4"))
+
+
+def test_the_small_text_stand_in_shows_the_probe_and_its_embeddings():
+    probe = LinearProbe(4, 3)
+    features = torch.randn(5, 4)
+    stand_in = ProbeClassifier(probe)
+    expected = torch.softmax(features.double() @ probe.classifier.weight.detach().double().T
+                             + probe.classifier.bias.detach().double(), dim=1).numpy()
+    assert np.allclose(stand_in.predict_proba(features.numpy()), expected, atol=1e-6)
+    embedded, proba = stand_in.embed(features.numpy(), return_proba=True, pbar="tqdm")
+    assert np.array_equal(embedded, features.numpy()) and np.allclose(proba, expected, atol=1e-6)
+    assert np.array_equal(stand_in.embed(features.numpy()), features.numpy())
+
+
+@pytest.mark.parametrize("frozen, installed, message", [
+    (False, True, "small-text's strategies run on the frozen encoder's probe only; add --frozen_encoder"),
+    (True, False, "smalltext_breaking_ties is small-text's strategy, and small-text is not installed"),
+])
+def test_a_small_text_arm_is_refused_without_the_probe_or_without_small_text(data_dir, model_dir, tmp_path, trained,
+                                                                           monkeypatch, capsys, frozen, installed, message):
+    if not installed:
+        monkeypatch.setitem(sys.modules, "small_text", None)  # import small_text raises ImportError
+    argv = (frozen_argv if frozen else script_argv)(data_dir, model_dir, str(tmp_path / "al"), "--strategy",
+                                                    "smalltext_breaking_ties")
+    with pytest.raises(SystemExit) as raised:
+        run_active_learning.main(argv)
+    assert message in str(raised.value) + capsys.readouterr().err and not trained
