@@ -34,6 +34,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .batching import batch_size_of, logits_of, take_rows, trim_padding
+from .diagnostics_callback import MarginDiagnosticsCallback
 from .heads import ClassifierHead, check_classification_head, find_classifier
 from .margins import check_class_labels, multi_margin_penalty
 from .sampler import CachedScoreBatchSampler, IndexedCollator, IndexedDataset
@@ -169,6 +170,8 @@ class MMRTrainer(Trainer):
                 f"training runs on {self.args.device}. Use selection_scorer='model' here (on a GPU the scoring pass "
                 "is already cheap in bf16/fp16: set --bf16)."
             )
+        if getattr(self.args, "margin_diagnostics", False):
+            self.add_callback(MarginDiagnosticsCallback(self))
 
     # ---- the classifier -------------------------------------------------------------------------
 

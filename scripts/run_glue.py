@@ -19,23 +19,17 @@ import sys
 from dataclasses import dataclass, field
 
 import transformers
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    HfArgumentParser,
-    set_seed,
-)
+from transformers import DataCollatorWithPadding, HfArgumentParser, set_seed
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
 from mmr_transformers.recipes.callbacks import EvalTimeline
 from mmr_transformers.recipes.runner import parse_layered, train_and_evaluate
 from mmr_transformers.recipes.glue import ALIASES, SPLIT_FILES, TASKS, get_task, glue_metrics, load_glue
+from mmr_transformers.recipes.text import (TextModelArguments, check_sample_caps, load_sequence_classifier, subset,
+                                           tokenize_splits)
 
 logger = logging.getLogger(__name__)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "glue_configs")
-SUBSET_SEED = 42  # --max_*_samples draw the same subset for every run, whatever its --seed
 
 
 class TaskChoices(tuple):
@@ -46,7 +40,7 @@ class TaskChoices(tuple):
 
 
 @dataclass
-class GlueArguments:
+class GlueArguments(TextModelArguments):
     task: str = field(metadata={"help": "GLUE task (any capitalisation).", "choices": TaskChoices(sorted([*TASKS, *ALIASES]))})
     data_dir: str | None = field(
         default=None, metadata={"help": "Local folder of the task's files (official GLUE tsv or a Hugging Face "
@@ -54,22 +48,6 @@ class GlueArguments:
     )
     config_file: str | None = field(
         default=None, metadata={"help": "Settings file (JSON) under the command line; default glue_configs/<task>.json."}
-    )
-    model_name_or_path: str = field(default="bert-base-uncased", metadata={"help": "Hub id or local path."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
-    max_seq_length: int = field(default=128, metadata={"help": "Tokens per input after truncation."})
-    pad_to_max_length: bool = field(
-        default=False, metadata={"help": "Pad every input to max_seq_length instead of to the longest in a batch."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on a random subset of this size, at least 1 (the same subset for every seed)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate on a random subset of this size, at least 1."}
-    )
-    hidden_dropout_prob: float | None = field(default=None, metadata={"help": "Override the model's dropout."})
-    ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Load a checkpoint whose classifier has another number of labels (re-initialised)."}
     )
 
 
@@ -107,15 +85,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[GlueArguments, MMRTrainin
     return parse_layered(HfArgumentParser((GlueArguments, MMRTrainingArguments)), layers, argv)
 
 
-def check_sample_caps(glue_args: GlueArguments) -> None:
-    """--max_train_samples/--max_eval_samples below 1 would train or evaluate on nothing."""
-    for flag, value, what in [("--max_train_samples", glue_args.max_train_samples, "train on"),
-                              ("--max_eval_samples", glue_args.max_eval_samples, "evaluate on")]:
-        if value is not None and value < 1:
-            raise SystemExit(f"{flag} {value}: there would be no rows to {what}. Give at least 1, or leave the flag "
-                             f"out to use the whole split.")
-
-
 def load_data(task, glue_args: GlueArguments):
     """The task's splits: local files (their errors name the file), or the Hub, where a failure to connect
     says how to run offline."""
@@ -132,28 +101,6 @@ def load_data(task, glue_args: GlueArguments):
         ) from None
 
 
-def load_model(task, glue_args: GlueArguments):
-    """Config, tokenizer and model of --model_name_or_path; a failure to fetch them says how to run offline."""
-    name = glue_args.model_name_or_path
-    try:
-        config = AutoConfig.from_pretrained(name, num_labels=task.num_labels, finetuning_task=task.name,
-                                            cache_dir=glue_args.cache_dir)
-        if glue_args.hidden_dropout_prob is not None:
-            config.hidden_dropout_prob = glue_args.hidden_dropout_prob
-        tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=glue_args.cache_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name, config=config, cache_dir=glue_args.cache_dir, ignore_mismatched_sizes=glue_args.ignore_mismatched_sizes,
-        )
-    except OSError as error:  # not on the Hub or not reachable, not in the cache, or a folder missing files
-        raise SystemExit(
-            f"Could not load the model {name!r} (--model_name_or_path): {error}\n"
-            f"Pass a local --model_name_or_path: a folder with config.json, the weights and the tokenizer files "
-            f"(as save_pretrained writes them). Without a network, also set HF_HUB_OFFLINE=1 and use --data_dir "
-            f"with local GLUE files."
-        ) from None
-    return tokenizer, model
-
-
 def check_task_settings(task, training_args: MMRTrainingArguments) -> None:
     if task.is_regression and (training_args.mmr_alpha > 0 or (training_args.mmr_alpha_end or 0) > 0
                                or training_args.selection != "none"):
@@ -161,12 +108,6 @@ def check_task_settings(task, training_args: MMRTrainingArguments) -> None:
             f"{task.name.upper()} is a regression task (one output), and MMR and margin-based selection need classes. "
             "Run it with --mmr_alpha 0 --selection none."
         )
-
-
-def subset(dataset, size: int | None):
-    if size is None or size >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=SUBSET_SEED).select(range(size))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -180,16 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     raw = load_data(task, glue_args)
-    tokenizer, model = load_model(task, glue_args)
-
-    def tokenize(batch):
-        texts = [batch[column] for column in task.text_columns]
-        return tokenizer(*texts, truncation=True, max_length=glue_args.max_seq_length,
-                         padding="max_length" if glue_args.pad_to_max_length else False)
-
+    tokenizer, model = load_sequence_classifier(glue_args, "use --data_dir with local GLUE files",
+                                                num_labels=task.num_labels, finetuning_task=task.name)
     with training_args.main_process_first(desc="tokenizing"):
-        text_and_ids = [c for c in raw["train"].column_names if c != "label"]
-        tokenized = raw.map(tokenize, batched=True, remove_columns=text_and_ids)
+        tokenized = tokenize_splits(raw, tokenizer, task.text_columns, glue_args)
     train = subset(tokenized["train"], glue_args.max_train_samples)
     evals = {split: subset(tokenized[split], glue_args.max_eval_samples) for split in task.eval_splits}
 

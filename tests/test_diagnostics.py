@@ -1,6 +1,7 @@
 """Margin diagnostics: margin_diagnostics against per-sample brute force from independently computed features, the
 callback through real short training runs (MMRTrainer and a plain Trainer), and the plot command."""
 
+import dataclasses
 import json
 import math
 import os
@@ -147,8 +148,8 @@ def train(output_dir, callback, trainer_class=MMRTrainer, eval_dataset=None, res
     args = make_args(output_dir, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
                      mmr_alpha=0.1, selection="mms", selection_ratio=2, **overrides)
     if trainer_class is transformers.Trainer:
-        args = transformers.TrainingArguments(**{k: v for k, v in args.to_dict().items() if not k.startswith(
-            ("mmr_", "selection", "classifier_module"))})
+        plain = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+        args = transformers.TrainingArguments(**{k: v for k, v in args.to_dict().items() if k in plain})
     eval_dataset = token_dataset(20, num_labels=NUM_CLASSES, seed=1) if eval_dataset is None else eval_dataset
     trainer = trainer_class(model=spread_model(), args=args, eval_dataset=eval_dataset,
                             train_dataset=token_dataset(32, num_labels=NUM_CLASSES))
