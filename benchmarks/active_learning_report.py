@@ -11,7 +11,7 @@ reached it), and the interpolated labels over random's on the same seed (mean an
 both reached the target after round 0); then each margin-based strategy (``MARGIN_BASED``) against every other
 strategy, seed by seed, and the issue's goal checked: ``--goal_ratio`` (0.8) of random's labels or fewer, and fewer
 than every probability-based strategy (``PROBABILITY_BASED``, this package's and small-text's). ``--plot`` writes
-accuracy against labels spent, mean ± std per strategy.
+accuracy against labels spent, mean ± std per strategy (margin-based thick, small-text's arms dotted).
 """
 
 from __future__ import annotations
@@ -127,12 +127,17 @@ def plot(by: dict, path: str, target: float | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    # one colour per ranking: small-text's arm shares it with this package's arm of the same definition
+    kind = {strategy: strategy.removeprefix("smalltext_").replace("prediction_entropy", "entropy") for strategy in by}
+    colour = {name: plt.cm.tab10(number % 10) for number, name in enumerate(dict.fromkeys(kind.values()))}
     for strategy, seeds in by.items():
         spent = sorted({labels for points in seeds.values() for labels, _ in points})
         stats = [mean_std([a for points in seeds.values() for labels, a in points if labels == n]) for n in spent]
         mean = [m for m, _ in stats]
-        line, = ax.plot(spent, mean, "o-", markersize=3, label=f"{strategy} (n={len(seeds)})")
+        style = ":" if strategy.startswith("smalltext_") else "-"  # small-text's arms dotted
+        line, = ax.plot(spent, mean, "o" + style, markersize=3, color=colour[kind[strategy]],
+                        linewidth=2.5 if strategy in MARGIN_BASED else 1.2, label=f"{strategy} (n={len(seeds)})")
         ax.fill_between(spent, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
     if target is not None:
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
