@@ -84,6 +84,28 @@ def most_competitive_wrong_class(logits: torch.Tensor, labels: torch.Tensor) -> 
     return wrong.argmax(dim=1)
 
 
+def true_class_margins(logits: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Signed distance of each sample to the boundary between its label and its most competitive wrong class.
+
+    ``(s[y_n] - s[m_n]) / ||W[y_n] - W[m_n]||``: positive when the sample is classified correctly, the larger the
+    better learned. Rows labelled ``IGNORE_INDEX`` give NaN. Computed in fp32 or wider.
+
+    >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> true_class_margins(torch.tensor([[3.0, 1.0], [3.0, 1.0]]), w, torch.tensor([0, 1]))
+    tensor([ 1.4142, -1.4142])
+    """
+    _check_shapes(logits, weight)
+    check_class_labels(labels, logits.shape[1])
+    kept = labels != IGNORE_INDEX
+    safe = labels.where(kept, torch.zeros_like(labels))
+    logits, weight = _at_least_fp32(logits), _at_least_fp32(weight)
+    competitor = most_competitive_wrong_class(logits, safe)
+    gap = logits.gather(1, safe[:, None])[:, 0] - logits.gather(1, competitor[:, None])[:, 0]
+    norm = (weight[safe] - weight[competitor]).norm(dim=1)
+    margins = gap / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    return margins.masked_fill(~kept, float("nan"))
+
+
 def multi_margin_penalty(
     features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:

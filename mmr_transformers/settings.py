@@ -119,6 +119,25 @@ class MMRSettings:
         metadata={"help": "Every N optimizer steps also score the candidates with the full model and log the "
                           "Spearman rank agreement of the cheap scores as 'mmr/rank_agreement' (0: never)."},
     )
+    # --- Unbiased pruning of well-learned samples (InfoBatch's rule; mmr_transformers.pruning) ---
+    prune_score: str = field(
+        default="none",
+        metadata={
+            "help": "Leave a random prune_ratio share of the well-learned samples (cached score above the mean) out "
+            "of each pass over the data and weight the kept ones' loss up so the expected gradient is unchanged: "
+            "'loss' (InfoBatch: lower training loss = better learned), 'margin' (larger signed true-class margin), "
+            "'none' (off). Needs labels and max_steps.",
+            "choices": ["none", "loss", "margin"],
+        },
+    )
+    prune_ratio: float = field(
+        default=0.5, metadata={"help": "prune_score: share of the well-learned samples left out of a pass, in (0, 1)."}
+    )
+    prune_anneal: float = field(
+        default=0.875,
+        metadata={"help": "prune_score: share of max_steps after which every pass keeps all samples unweighted "
+                          "(InfoBatch's annealing), in [0, 1]."},
+    )
     classifier_module: str | None = field(
         default=None,
         metadata={
@@ -145,6 +164,11 @@ class MMRSettings:
     def fresh_selection(self) -> bool:
         """Each step scores ``ceil(k·b)`` candidates in inference mode."""
         return self.selection_enabled and self.selection_source == "fresh"
+
+    @property
+    def pruning_enabled(self) -> bool:
+        """Passes over the data leave out part of the well-learned samples (:mod:`~mmr_transformers.pruning`)."""
+        return self.prune_score != "none"
 
     @property
     def cached_selection(self) -> bool:
@@ -182,6 +206,14 @@ class MMRSettings:
         scale = self.selection_scoring_image_scale
         if scale is not None and not 0 < scale <= 1:
             raise ValueError(f"selection_scoring_image_scale must be in (0, 1] (0.5 = half resolution); got {scale}.")
+        if not 0 < self.prune_ratio < 1:
+            raise ValueError(f"prune_ratio must be in (0, 1) (the share of well-learned samples left out of a pass); "
+                             f"got {self.prune_ratio}.")
+        if not 0 <= self.prune_anneal <= 1:
+            raise ValueError(f"prune_anneal must be in [0, 1] (a share of max_steps); got {self.prune_anneal}.")
+        if self.pruning_enabled and self.selection_enabled:
+            raise ValueError(f"prune_score={self.prune_score!r} plans which samples each pass trains on, and so does "
+                             f"selection={self.selection!r}; use one of them (set selection='none' or prune_score='none').")
         if self.selection_source == "cached" and not self.selection_enabled:
             raise ValueError("selection_source='cached' needs a selection strategy to score samples with; "
                              "set selection='mms' (or 'loss', 'entropy').")
@@ -201,6 +233,8 @@ class MMRSettings:
             (("selection_scoring_batch_size", "selection_scorer", "selection_scoring_max_length",
               "selection_scoring_image_scale", "selection_agreement_steps"), "the fresh scoring pass", fresh,
              self.fresh_selection, ("selection", "selection_source")),
+            (("prune_ratio", "prune_anneal"), "the pruning of well-learned samples", "prune_score != 'none'",
+             self.pruning_enabled, ("prune_score",)),
             (("selection_scorer_refresh_steps",), "the int8 scorer's refresh", "selection_scorer='int8'",
              self.selection_scorer == "int8", ("selection_scorer",)),
         )

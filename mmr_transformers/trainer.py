@@ -37,7 +37,8 @@ from .batching import batch_size_of, logits_of, take_rows, trim_padding
 from .diagnostics_callback import MarginDiagnosticsCallback
 from .heads import ClassifierHead, check_classification_head, find_classifier
 from .margins import check_class_labels, multi_margin_penalty
-from .sampler import CachedScoreBatchSampler, IndexedCollator, IndexedDataset
+from .pruning import PruningBatchSampler, learned_score, weighted_cross_entropy
+from .sampler import CachedScoreBatchSampler, IndexedCollator, IndexedDataset, ScoreCache
 from .schedules import alpha_at
 from .scoring import Int8Scorer, rank_agreement, shorten_for_scoring
 from .selection import get_selection_strategy, num_to_keep, select_rows, selection_priority
@@ -119,6 +120,9 @@ class MMRTrainer(Trainer):
     - With ``selection_source="cached"`` there is no scoring pass: a :class:`CachedScoreBatchSampler`
       plans each epoch's ``ceil(N/k)`` samples from the scores the training forward left in its cache; its
       state rides each checkpoint (``mmr_sampler_state.pt``, loaded without pickle).
+    - With ``prune_score`` set, a :class:`~mmr_transformers.pruning.PruningBatchSampler` leaves a random share of
+      the well-learned samples (cached training loss or margin) out of each pass and weights the kept ones' loss
+      up (InfoBatch's unbiased pruning), keeping every sample for the last ``1 - prune_anneal`` of training.
     - Sequence-classification models declare ``forward(**kwargs)`` but return a per-batch mean loss, so
       the stock ``Trainer`` would skip dividing it by the gradient-accumulation steps (and multiply it by
       the process count). ``MMRTrainer`` treats the loss as the per-batch mean it is.
@@ -128,6 +132,7 @@ class MMRTrainer(Trainer):
     """
 
     SAMPLE_INDEX = "mmr_sample_index"
+    SAMPLE_WEIGHT = "mmr_sample_weight"
     SAMPLER_STATE = "mmr_sampler_state.pt"
 
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pargs, **kwargs):
@@ -140,7 +145,7 @@ class MMRTrainer(Trainer):
             self._classifier_head(model)  # bad heads fail before any work is done
         self._window = LogWindow(self._logged_metrics())
         self._int8 = Int8Scorer(self.mmr.selection_scorer_refresh_steps) if self.mmr.selection_scorer == "int8" else None
-        self._sampler: CachedScoreBatchSampler | None = None
+        self._sampler: ScoreCache | None = None
         self._pending_scores: torch.Tensor | None = None
         super().__init__(model, args, *pargs, **kwargs)
         # The model's loss is a per-batch mean, whatever its forward signature says.
@@ -159,6 +164,8 @@ class MMRTrainer(Trainer):
                 f"so it needs a dataset with a length and indexing; got a {type(self.train_dataset).__name__} "
                 "(an IterableDataset). Use selection_source='fresh', or a map-style dataset (datasets.Dataset)."
             )
+        if self.mmr.pruning_enabled:
+            self._check_pruning_settings()
         if self._int8 is not None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 "selection_scorer='int8' quantizes a whole copy of the model, which a sharded model (FSDP, DeepSpeed "
@@ -177,7 +184,33 @@ class MMRTrainer(Trainer):
 
     @property
     def _uses_margins(self) -> bool:
-        return self.mmr.mmr_enabled or self.mmr.selection_enabled
+        return self.mmr.mmr_enabled or self.mmr.selection_enabled or self.mmr.pruning_enabled
+
+    @property
+    def _score_cached(self) -> bool:
+        """The training forward leaves each sample's score in the sampler's cache, which plans the next batches."""
+        return self.mmr.cached_selection or self.mmr.pruning_enabled
+
+    def _check_pruning_settings(self) -> None:
+        args = self.args
+        if args.max_steps <= 0:
+            raise ValueError(
+                f"prune_score={self.mmr.prune_score!r} needs max_steps > 0: a pass over the data leaves out a share of "
+                "the well-learned samples that is known only as training goes, so the number of steps of "
+                "num_train_epochs (and the LR schedule built on it) is not known in advance. Set max_steps to the "
+                "steps you want to pay for, e.g. num_train_epochs · ceil(N / b) times the share you expect to keep "
+                "(InfoBatch's ~0.6-0.7 at prune_ratio=0.5)."
+            )
+        if args.label_smoothing_factor or self.compute_loss_func is not None:
+            raise ValueError(
+                f"prune_score={self.mmr.prune_score!r} weights each sample's cross-entropy to keep the gradient "
+                "unbiased, which replaces the loss; label_smoothing_factor and compute_loss_func would be dropped "
+                "silently. Remove them, or set prune_score='none'."
+            )
+
+    def training_progress(self) -> float:
+        """The share of training done, ``global_step / max_steps`` (subclass it for a wall-clock budget)."""
+        return min(1.0, self.state.global_step / max(self.state.max_steps, 1))
 
     def _logged_metrics(self) -> dict[str, str]:
         """The ``mmr/*`` metrics these settings log, and how each is reduced over a window (see ``LogWindow``)."""
@@ -191,8 +224,10 @@ class MMRTrainer(Trainer):
                 metrics["mmr/rank_agreement"] = "mean"
             if self.mmr.selection_scorer == "int8":
                 metrics["mmr/scorer_refreshes"] = "total"
-        if self.mmr.cached_selection:
+        if self._score_cached:
             metrics |= {"mmr/samples_trained": "total", "mmr/cache_coverage": "latest"}
+        if self.mmr.pruning_enabled:
+            metrics["mmr/pruned_share"] = "latest"
         return metrics
 
     def _classifier_head(self, model: nn.Module | None = None) -> ClassifierHead | None:
@@ -215,19 +250,26 @@ class MMRTrainer(Trainer):
                         self.mmr.mmr_alpha, self.mmr.mmr_alpha_end)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The parent's loss, plus ``alpha·R`` when training with MMR on; with cached selection, the trained
-        samples' scores are taken from the same forward pass."""
+        """The parent's loss, plus ``alpha·R`` when training with MMR on; with cached selection or pruning, the
+        trained samples' scores are taken from the same forward pass; pruning weights each sample's cross-entropy."""
         scale = inputs.pop(self.LOSS_SCALE, None)
+        sample_weights = inputs.pop(self.SAMPLE_WEIGHT, None)
         scale = None if scale is None else float(scale)
         if scale == 0.0:  # a placeholder: forward for the gradient all-reduce, contribute nothing
             outputs = model(**{k: v for k, v in inputs.items() if k not in self.label_names})
             loss = logits_of(outputs).sum() * 0.0
             return (loss, outputs) if return_outputs else loss
         penalize = self.mmr.mmr_enabled and model.training
-        cache_scores = self.mmr.cached_selection and model.training
+        cache_scores = self._score_cached and model.training
         if not (penalize or cache_scores or scale):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.get("labels")
+        if cache_scores and self.mmr.pruning_enabled and labels is None:
+            raise ValueError(
+                f"prune_score={self.mmr.prune_score!r} scores how well each training sample is learned from its label, "
+                f"but the batch has only {sorted(inputs)}. Add a 'labels' column to the training data, or set "
+                "prune_score='none'."
+            )
         if penalize and labels is None:
             raise ValueError(
                 "MMR (mmr_alpha > 0) needs the labels of each training sample to find its most competitive wrong "
@@ -238,7 +280,10 @@ class MMRTrainer(Trainer):
         with head.capture() as captured:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         logits = logits_of(outputs)
-        if cache_scores:
+        if cache_scores and self.mmr.pruning_enabled:
+            self._pending_scores = learned_score(self.mmr.prune_score, logits.detach(), captured.weight.detach(), labels)
+            loss = weighted_cross_entropy(logits, labels, sample_weights).to(loss.dtype)
+        elif cache_scores:
             self._pending_scores = selection_priority(
                 self.strategy, logits.detach(), captured.weight.detach(), labels, self._selection_generator(0)
             )
@@ -273,6 +318,8 @@ class MMRTrainer(Trainer):
         self._window = LogWindow(self._logged_metrics())
         if self._uses_margins and self.train_dataset is not None:
             self._check_dataset_labels()
+        if self.mmr.pruning_enabled and self.train_dataset is not None:
+            return self._cached_train_dataloader()
         if not self.mmr.selection_enabled:
             return super().get_train_dataloader()
         if self.train_dataset is None:
@@ -328,7 +375,7 @@ class MMRTrainer(Trainer):
         (MMS-only runs would otherwise score with a layer whose margins mean nothing)."""
         model = self.model_wrapped if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else self.model
         rows = torch.arange(min(2, batch_size_of(batch)))
-        skip = {*self.label_names, self.LOSS_SCALE, self.SAMPLE_INDEX}
+        skip = {*self.label_names, self.LOSS_SCALE, self.SAMPLE_INDEX, self.SAMPLE_WEIGHT}
         inputs = self._prepare_inputs({k: v for k, v in take_rows(batch, rows).items() if k not in skip})
         was_training = model.training
         model.eval()
@@ -371,7 +418,7 @@ class MMRTrainer(Trainer):
         """How many leading rows of each of process ``rank``'s micro-batches of this step (``size`` rows each, as
         Accelerate fills them) are real samples. Every process computes the same numbers without communicating."""
         world = self.args.world_size
-        if self.mmr.cached_selection:  # micro-batch m is plan batch (consumed + m·world + rank), if there is one
+        if self._score_cached:  # micro-batch m is plan batch (consumed + m·world + rank), if there is one
             plan, start = self._sampler.plan, self._sampler.batches_consumed + rank
             return [len(plan[start + m * world]) if start + m * world < len(plan) else 0
                     for m in range(num_micro_batches)]
@@ -462,28 +509,35 @@ class MMRTrainer(Trainer):
     # ---- Selection from cached scores -----------------------------------------------------------
 
     def _cached_train_dataloader(self) -> DataLoader:
-        """Batches planned by a :class:`CachedScoreBatchSampler` over the whole training set; every batch
-        carries its dataset indices so the training forward can refresh their cached scores."""
+        """Batches planned by a :class:`CachedScoreBatchSampler` (or, pruning, a :class:`PruningBatchSampler`, whose
+        batches carry each sample's loss weight too) over the whole training set; every batch carries its dataset
+        indices so the training forward can refresh their cached scores."""
         dataset, collator = self.train_dataset, self.data_collator
         if hasattr(dataset, "column_names"):  # a datasets.Dataset: drop the columns the model does not take
             dataset = self._remove_unused_columns(dataset, description="training")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="training")
-        self._sampler = CachedScoreBatchSampler(
-            len(dataset), self._train_batch_size, self.mmr.selection_ratio, self.mmr.selection_exploration,
-            seed=self.args.seed, drop_last=self.args.dataloader_drop_last,
-        )
+        if self.mmr.pruning_enabled:
+            self._sampler = PruningBatchSampler(len(dataset), self._train_batch_size, self.mmr.prune_ratio,
+                                                self.mmr.prune_anneal, self.training_progress, seed=self.args.seed)
+        else:
+            self._sampler = CachedScoreBatchSampler(
+                len(dataset), self._train_batch_size, self.mmr.selection_ratio, self.mmr.selection_exploration,
+                seed=self.args.seed, drop_last=self.args.dataloader_drop_last,
+            )
+        keys = (self.SAMPLE_INDEX, self.SAMPLE_WEIGHT)
         loader = DataLoader(
-            IndexedDataset(dataset, self.SAMPLE_INDEX), batch_sampler=self._sampler,
-            collate_fn=IndexedCollator(collator, self.SAMPLE_INDEX), num_workers=self.args.dataloader_num_workers,
+            IndexedDataset(dataset, *keys), batch_sampler=self._sampler,
+            collate_fn=IndexedCollator(collator, *keys), num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory, persistent_workers=self.args.dataloader_persistent_workers,
             prefetch_factor=self.args.dataloader_prefetch_factor,
         )
         return self.accelerator.prepare(loader)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """The parent's step; with cached selection, the batch's scores (all processes') go into the cache."""
-        if not self.mmr.cached_selection:
+        """The parent's step; with cached selection or pruning, the batch's scores (all processes') go into the
+        cache."""
+        if not self._score_cached:
             return super().training_step(model, inputs, num_items_in_batch)
         indices = inputs.pop(self.SAMPLE_INDEX).to(self.args.device)
         placeholder = self._is_placeholder(inputs)
@@ -499,13 +553,16 @@ class MMRTrainer(Trainer):
         self._sampler.consumed(self.args.world_size)
         self._window.record("mmr/samples_trained", int((indices >= 0).sum()) / self.args.world_size)
         self._window.record("mmr/cache_coverage", self._sampler.coverage())
+        if self.mmr.pruning_enabled:
+            self._window.record("mmr/pruned_share", self._sampler.last_pruned / self._sampler.num_samples)
         return loss
 
     # ---- Checkpoints: MMR state rides the Trainer's own save and resume path -------------------------
 
     SETTINGS_FILE = "mmr_settings.json"
     # what decides which samples a resumed run draws, scores and trains on next
-    DATA_ORDER_SETTINGS = ("selection", "selection_ratio", "selection_source", "selection_exploration")
+    DATA_ORDER_SETTINGS = ("selection", "selection_ratio", "selection_source", "selection_exploration", "prune_score",
+                           "prune_ratio", "prune_anneal")
 
     def _data_order_settings(self) -> dict[str, Any]:
         return {**{name: getattr(self.mmr, name) for name in self.DATA_ORDER_SETTINGS},
@@ -536,7 +593,7 @@ class MMRTrainer(Trainer):
         if self._sampler is not None and not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{checkpoint} has no {self.SAMPLER_STATE}: it was not saved by a run with "
-                "selection_source='cached', so the cached scores cannot be restored."
+                "selection_source='cached' or prune_score, so the cached scores cannot be restored."
             )
         self._check_resumed_settings(checkpoint)
         if self._sampler is None:
