@@ -74,6 +74,18 @@ def random_priority(logits, weight, labels, generator):
     return torch.rand(logits.shape[0], generator=generator).to(logits.device)
 
 
+@register_selection_strategy("selective_backprop", needs_labels=True)
+def selective_backprop_priority(logits, weight, labels, generator):
+    """Selective Backprop (Jiang et al. 2019, as Composer's ``select_using_loss`` samples it): a draw without
+    replacement in which each candidate's weight is its in-batch loss percentile ``(rank + 1/2) / N`` (rank 0 = the
+    lowest loss) to the power ``1/keep - 1 = 1`` (Composer's default ``keep = 0.5``, i.e. ``k = 2``), made by
+    exponential-race keys ``-log(u) / weight`` (Efraimidis & Spirakis 2006): the lowest keys are a weighted draw."""
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    percentile = (losses.argsort().argsort().double() + 0.5) / losses.shape[0]
+    uniform = torch.rand(losses.shape[0], generator=generator, dtype=torch.float64).to(losses.device)
+    return -uniform.log() / percentile
+
+
 def get_selection_strategy(name: str) -> SelectionStrategy:
     try:
         return SELECTION_STRATEGIES[name]

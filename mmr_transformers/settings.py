@@ -70,6 +70,20 @@ class MMRSettings:
             "trains on about 1/k of them."
         },
     )
+    selection_start: float = field(
+        default=0.0,
+        metadata={"help": "Fresh selection runs from this share of max_steps on (Composer's SelectiveBackprop: 0.5); "
+                          "steps outside [selection_start, selection_end) train on a random b of their candidates, "
+                          "unscored."},
+    )
+    selection_end: float = field(
+        default=1.0, metadata={"help": "Fresh selection stops at this share of max_steps (SelectiveBackprop: 0.9)."}
+    )
+    selection_interrupt: int = field(
+        default=0,
+        metadata={"help": "Inside the selection window, every N-th optimizer step trains on a random b of its "
+                          "candidates, unscored (SelectiveBackprop: 2, alternating); 0 = never."},
+    )
     selection_scoring_batch_size: int | None = field(
         default=None,
         metadata={
@@ -196,10 +210,14 @@ class MMRSettings:
                 f"trains on b of them); got {self.selection_ratio}. Use selection_ratio=1 (or selection='none') for "
                 "plain training."
             )
+        if not 0 <= self.selection_start < self.selection_end <= 1:
+            raise ValueError(f"the selection window needs 0 <= selection_start < selection_end <= 1 (shares of "
+                             f"max_steps); got [{self.selection_start}, {self.selection_end}).")
         if not 0 <= self.selection_exploration <= 1:
             raise ValueError(f"selection_exploration must be in [0, 1]; got {self.selection_exploration}.")
         for name, least in (("selection_scoring_batch_size", 1), ("selection_scorer_refresh_steps", 1),
-                            ("selection_scoring_max_length", 1), ("selection_agreement_steps", 0)):
+                            ("selection_scoring_max_length", 1), ("selection_agreement_steps", 0),
+                            ("selection_interrupt", 0)):
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"{name} must be >= {least}; got {value}.")
@@ -231,7 +249,8 @@ class MMRSettings:
             (("selection_exploration",), "the random share of cached selection", "selection_source='cached'",
              self.cached_selection, ("selection", "selection_source")),
             (("selection_scoring_batch_size", "selection_scorer", "selection_scoring_max_length",
-              "selection_scoring_image_scale", "selection_agreement_steps"), "the fresh scoring pass", fresh,
+              "selection_scoring_image_scale", "selection_agreement_steps", "selection_start", "selection_end",
+              "selection_interrupt"), "the fresh scoring pass", fresh,
              self.fresh_selection, ("selection", "selection_source")),
             (("prune_ratio", "prune_anneal"), "the pruning of well-learned samples", "prune_score != 'none'",
              self.pruning_enabled, ("prune_score",)),

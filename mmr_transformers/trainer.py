@@ -353,7 +353,8 @@ class MMRTrainer(Trainer):
             self._check_batch(batch)
         trimmed = self._without_padding(batch_samples)
         if self.mmr.fresh_selection:
-            trimmed = [self._select(batch, micro_step) for micro_step, batch in enumerate(trimmed)]
+            choose = self._select if self._selecting_now() else self._random_rows
+            trimmed = [choose(batch, micro_step) for micro_step, batch in enumerate(trimmed)]
         if trimmed is batch_samples:
             return batch_samples, num_items_in_batch
         counted = [{**b, "labels": torch.full_like(b["labels"], -100)} if self._is_placeholder(b) and "labels" in b
@@ -489,6 +490,26 @@ class MMRTrainer(Trainer):
         self._window.record("mmr/samples_trained", len(chosen.keep))
         self._window.add_scoring_time(time.perf_counter() - started)
         selected = trim_padding(take_rows(candidates, chosen.keep.cpu()))
+        return selected if scale is None else {**selected, self.LOSS_SCALE: scale}
+
+    def _selecting_now(self) -> bool:
+        """Whether this optimizer step scores and selects: inside ``[selection_start, selection_end)`` of training
+        (:meth:`training_progress`) and not an interrupting plain step."""
+        every = self.mmr.selection_interrupt
+        interrupted = every > 0 and (self.state.global_step + 1) % every == 0
+        return self.mmr.selection_start <= self.training_progress() < self.mmr.selection_end and not interrupted
+
+    def _random_rows(self, candidates: dict[str, Any], micro_step: int) -> dict[str, Any]:
+        """A plain step outside the selection window: a seeded random ``b`` of the candidates, nothing scored."""
+        if self._is_placeholder(candidates):
+            return candidates
+        scale = candidates.get(self.LOSS_SCALE)
+        candidates = {k: v for k, v in candidates.items() if k != self.LOSS_SCALE}
+        n = batch_size_of(candidates)
+        num_keep = num_to_keep(n, self.mmr.selection_ratio, self._train_batch_size)
+        keep = torch.randperm(n, generator=self._selection_generator(micro_step))[:num_keep].sort().values
+        self._window.record("mmr/samples_trained", num_keep)
+        selected = trim_padding(take_rows(candidates, keep))
         return selected if scale is None else {**selected, self.LOSS_SCALE: scale}
 
     def _agreement_due(self, micro_step: int) -> bool:
