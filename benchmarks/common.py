@@ -22,7 +22,8 @@ from transformers import TrainerCallback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A machine without ../shared (the GPU check, benchmarks/gpu_check.sh) points these at its own copies.
 SHARED_GLUE = os.environ.get("MMR_GLUE_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "glue"))
-CIFAR_ARCHIVES = os.path.join(os.path.dirname(SHARED_GLUE), "images", "cifar10-jpg")
+SHARED_DATA = os.path.dirname(SHARED_GLUE)
+CIFAR_ARCHIVES = os.path.join(SHARED_DATA, "images", "cifar10-jpg")
 CIFAR_JPEGS = os.path.join(REPO, "runs", "data", "cifar10-jpg")
 
 

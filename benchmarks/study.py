@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from common import REPO, SHARED_GLUE as GLUE_DATA, minilm_path, run_resumable, unpack_cifar_jpegs
+from common import REPO, SHARED_DATA, SHARED_GLUE as GLUE_DATA, minilm_path, run_resumable, unpack_cifar_jpegs
 
 SEEDS = (1, 2, 3)
 
@@ -48,7 +48,7 @@ FULL_LENGTH = ["--num_train_epochs", "3", "--max_seq_length", "128", "--learning
 # the thesis' GLUE runs; lr 1e-4 as the 77-way head starts from scratch; texts are short (MiniLM tokens: median 13,
 # 99th percentile 53; max length 64 truncates 0.3% of the training texts); batches grouped by length (Transformers'
 # group_by_length sampler, the same for every arm) cut the padded tokens of an epoch 2.75× (464k to 169k)
-BANKING77 = os.path.join(os.path.dirname(GLUE_DATA), "banking77")
+BANKING77 = os.path.join(SHARED_DATA, "banking77")
 BANKING77_RUN = ["run_classification.py", "--train_file", os.path.join(BANKING77, "train.csv"),
                  "--validation_file", os.path.join(BANKING77, "test.csv"), "--text_column_names", "text",
                  "--label_column_name", "category", "--num_train_epochs", "3", "--max_seq_length", "64",

@@ -46,6 +46,7 @@ from mmr_transformers.recipes.runner import accuracy
 
 from common import (
     REPO,
+    SHARED_DATA,
     OthersLoad,
     busy_fraction,
     exclusive_cpu,
@@ -91,6 +92,18 @@ class BudgetClock(TrainerCallback):
         self.stopped = self.clock()
 
 
+class BudgetTrainer(MMRTrainer):
+    """``MMRTrainer`` whose training progress (the selection window, pruning's annealing) is the share of the
+    wall-time budget spent, as the learning rate's is."""
+
+    def __init__(self, *args, clock: BudgetClock, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    def training_progress(self) -> float:
+        return self.clock.fraction()
+
+
 def budget_lr_factor(fraction: float, warmup: float) -> float:
     """Linear warm-up over the first ``warmup`` of the budget, then linear decay to 0 at the budget."""
     if fraction < warmup:
@@ -107,7 +120,7 @@ def budget_scheduler(optimizer, clock: BudgetClock, warmup: float):
 @dataclass
 class Workload:
     name: str
-    targets: tuple[float, ...]
+    targets: tuple[float, ...] | None  # None: from random's own curve (see random_targets)
     batch_size: int
     warmup: float
     scoring_short: dict  # the MMRTrainingArguments fields of the "shorter inputs for scoring" arm
@@ -151,7 +164,34 @@ class CIFAR10(Workload):
         return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-WORKLOADS = {w.name: w for w in (SST2(), CIFAR10())}
+class BANKING77(Workload):
+    """Pretrained MiniLM-L6 on BANKING77's 77 intents (all 10,003 training queries, the 3,080 test queries).
+    Targets come from random's own curve: its median accuracy at the budget nearest a quarter of the largest, and
+    at the largest (:func:`random_targets`), so they are fixed by the random arm before any other arm is read."""
+
+    def __init__(self):
+        super().__init__("banking77", None, batch_size=32, warmup=0.06,
+                         scoring_short={"selection_scoring_max_length": 16})
+
+    def data(self):
+        from datasets import load_dataset
+
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        files = {split: os.path.join(SHARED_DATA, "banking77", f"{split}.csv") for split in ("train", "test")}
+        raw = load_dataset("csv", data_files=files)
+        names = sorted(set(raw["train"]["category"]))
+        index = {name: i for i, name in enumerate(names)}
+        encoded = raw.map(lambda b: {**tokenizer(b["text"], truncation=True, max_length=64),
+                                     "labels": [index[c] for c in b["category"]]},
+                          batched=True, remove_columns=["text", "category"])
+        return encoded["train"], encoded["test"], DataCollatorWithPadding(tokenizer)
+
+    def model_and_optimizer(self):
+        model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=77)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+
+WORKLOADS = {w.name: w for w in (SST2(), CIFAR10(), BANKING77())}
 
 # Arms: MMRTrainingArguments settings on top of plain training (MMR off everywhere: this measures selection).
 ARMS: dict[str, dict] = {
@@ -168,6 +208,16 @@ ARMS: dict[str, dict] = {
     "mms-k2-onepass": {"selection": "mms", "selection_ratio": 2, "selection_scoring_batch_size": 64},
     "mms-short": {"selection": "mms", "selection_ratio": 4, "scoring_short": True},
     "mms-cached": {"selection": "mms", "selection_ratio": 4, "selection_source": "cached"},
+    # round 2 (issue 15). Peers, written from their papers and docs: InfoBatch (Qin et al., ICLR 2024: loss below the
+    # mean pruned at random with ratio 0.5, kept ones rescaled, full data after 0.875 of training) and Composer's
+    # SelectiveBackprop (Jiang et al. 2019; Composer's defaults keep 0.5 = k 2, start 0.5, end 0.9, interrupt 2).
+    "infobatch": {"prune_score": "loss", "prune_ratio": 0.5, "prune_anneal": 0.875},
+    "selective-backprop": {"selection": "selective_backprop", "selection_ratio": 2, "selection_start": 0.5,
+                           "selection_end": 0.9, "selection_interrupt": 2},
+    # ours: InfoBatch's unbiased pruning with the true-class margin as the score; MMS only early in training,
+    # where the first round's measurements found it ahead (docs/PERFORMANCE.md)
+    "prune-margin": {"prune_score": "margin", "prune_ratio": 0.5, "prune_anneal": 0.875},
+    "mms-early": {"selection": "mms", "selection_ratio": 4, "selection_end": 0.5},
 }
 
 
@@ -194,10 +244,10 @@ def run_one(workload: Workload, arm: str, budget: float, seed: int, data) -> dic
             **workload.extra_args,
             **arm_settings(workload, arm),
         )
-        trainer = MMRTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+        trainer = BudgetTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              data_collator=collator, compute_metrics=accuracy,
                              optimizers=(optimizer, budget_scheduler(optimizer, clock, workload.warmup)),
-                             callbacks=[clock])
+                             callbacks=[clock], clock=clock)
         load = OthersLoad().start()
         trainer.train()
         others = load.stop()
@@ -263,6 +313,17 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)} if values else None
 
 
+def random_targets(random_arm: dict) -> tuple[float, ...]:
+    """Targets from random's own curve: its median accuracy at the budget nearest a quarter of its largest budget
+    (log scale), and at its largest budget."""
+    budgets = sorted({b for runs in random_arm.values() for b in runs})
+    if not budgets:
+        raise SystemExit("this workload's targets come from the random arm's runs; run the random arm first.")
+    quarter = min(budgets, key=lambda b: abs(np.log(b / (budgets[-1] / 4))))
+    median = lambda b: statistics.median(runs[b]["accuracy"] for runs in random_arm.values() if b in runs)
+    return tuple(sorted({round(median(quarter), 4), round(median(budgets[-1]), 4)}))
+
+
 def report(args):
     workload = WORKLOADS[args.workload]
     records = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.results, workload.name, "*.json")))]
@@ -275,7 +336,9 @@ def report(args):
     inference = [r["inference_over_train_step"] for seeds in random_arm.values() for r in seeds.values()
                  if "inference_over_train_step" in r]
     inference_ratio = statistics.median(inference) if inference else None
-    summary = {"workload": workload.name, "inference_over_train_step": inference_ratio, "arms": {}}
+    targets = workload.targets or random_targets(random_arm)
+    summary = {"workload": workload.name, "inference_over_train_step": inference_ratio, "arms": {},
+               "targets": list(targets), "targets_from": "fixed" if workload.targets else "random's curve"}
     for arm, seeds in by.items():
         entry = {"runs": sum(len(b) for b in seeds.values()), "accuracy": {}, "targets": {}}
         for budget in sorted({b for runs in seeds.values() for b in runs}):
@@ -284,9 +347,10 @@ def report(args):
                        for s, runs in seeds.items() for b in runs if b in random_arm.get(s, {})]
         entry["step_cost_over_random"] = spread(step_ratios)
         k = ARMS[arm].get("selection_ratio")
-        cached = ARMS[arm].get("selection_source") == "cached"  # no scoring pass: the ideal is a plain step
+        # no scoring pass (cached selection, pruning): the ideal is a plain step
+        cached = ARMS[arm].get("selection_source") == "cached" or "prune_score" in ARMS[arm]
         entry["ideal_step_cost"] = 1.0 if cached else (1 + k * inference_ratio if k and inference_ratio else None)
-        for target in workload.targets:
+        for target in targets:
             per_seed, ratios, lower_bounds = {}, [], []
             for seed, runs in seeds.items():
                 mine = time_to_target([(b, r["accuracy"]) for b, r in runs.items()], target)
@@ -302,17 +366,17 @@ def report(args):
     path = os.path.join(args.results, f"{workload.name}-summary.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=1)
-    print(markdown_table(summary, workload))
+    print(markdown_table(summary, targets))
     print()
     print(accuracy_table(summary))
-    plot(by, workload, os.path.join(args.results, f"{workload.name}.png"))
+    plot(by, workload.name, targets, os.path.join(args.results, f"{workload.name}.png"))
 
 
-def markdown_table(summary: dict, workload: Workload) -> str:
+def markdown_table(summary: dict, targets: tuple[float, ...]) -> str:
     def fmt(s, digits=2):
         return "n/a" if not s else f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}] (n={s['n']})"
 
-    head = "| arm | " + " | ".join(f"time to {t:g} / random's" for t in workload.targets) + \
+    head = "| arm | " + " | ".join(f"time to {t:g} / random's" for t in targets) + \
            " | step cost / random's | ideal | runs |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
@@ -324,7 +388,7 @@ def markdown_table(summary: dict, workload: Workload) -> str:
         return "; ".join(parts) or "n/a"
 
     for arm, e in summary["arms"].items():
-        cells = [time_cell(e["targets"][f"{t:g}"]) for t in workload.targets]
+        cells = [time_cell(e["targets"][f"{t:g}"]) for t in targets]
         ideal = f"{e['ideal_step_cost']:.2f}" if e["ideal_step_cost"] else ""
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt(e['step_cost_over_random'])} | {ideal} | {e['runs']} |")
     return "\n".join(lines)
@@ -339,7 +403,7 @@ def accuracy_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(by: dict, workload: Workload, path: str):
+def plot(by: dict, name: str, targets: tuple[float, ...], path: str):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -352,12 +416,12 @@ def plot(by: dict, workload: Workload, path: str):
         mean = [np.mean(v) for v in values]
         ax.errorbar(budgets, mean, yerr=[[m - min(v) for m, v in zip(mean, values)], [max(v) - m for m, v in zip(mean, values)]],
                     marker="o", capsize=3, label=arm)
-    for target in workload.targets:
+    for target in targets:
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("wall-time budget (s); LR decays to 0 at the budget")
     ax.set_ylabel("final accuracy (mean, min-max over seeds)")
-    ax.set_title(f"{workload.name}: accuracy at equal wall-clock compute")
+    ax.set_title(f"{name}: accuracy at equal wall-clock compute")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

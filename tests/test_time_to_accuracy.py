@@ -162,3 +162,26 @@ def test_training_stops_when_the_budget_is_spent_and_the_rate_follows_the_clock(
     assert rates == pytest.approx([1e-3] + [1e-3 * (1 - i / 32) for i in range(31)])
     assert rates == sorted(rates, reverse=True) and rates[-1] < 0.1 * 1e-3 and not math.isclose(rates[0], rates[-1])
     assert tta.BudgetClock(1.0).clock is time.perf_counter  # real runs read the wall clock
+
+
+def test_targets_from_randoms_curve_are_its_medians_at_a_quarter_of_the_largest_budget_and_at_it():
+    random_arm = {0: {b: {"accuracy": a} for b, a in ((100, 0.50), (200, 0.70), (400, 0.80), (800, 0.90))},
+                  1: {b: {"accuracy": a} for b, a in ((100, 0.60), (200, 0.72), (400, 0.82), (800, 0.86))},
+                  2: {b: {"accuracy": a} for b, a in ((100, 0.40), (200, 0.74), (400, 0.84), (800, 0.88))}}
+    assert tta.random_targets(random_arm) == (0.72, 0.88)  # 800 / 4 = 200 s; medians over the three seeds
+    with pytest.raises(SystemExit, match="run the random arm first"):
+        tta.random_targets({})
+
+
+def test_every_arm_is_a_valid_setting_and_the_window_and_annealing_follow_the_budget(output_dir):
+    for arm in tta.ARMS:
+        for workload in tta.WORKLOADS.values():
+            make_args(output_dir, mmr_alpha=0.0, **tta.arm_settings(workload, arm))  # refused settings would raise
+    now = [0.0]
+    clock = tta.BudgetClock(budget_seconds=10.0, clock=lambda: now[0])
+    args = make_args(output_dir, mmr_alpha=0.0, **tta.ARMS["selective-backprop"])
+    trainer = tta.BudgetTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(16), clock=clock)
+    clock.on_train_begin(None, None, None)
+    assert not trainer._selecting_now()  # SelectiveBackprop starts at half the budget
+    now[0] = 6.0
+    assert trainer.training_progress() == 0.6 and trainer._selecting_now()
