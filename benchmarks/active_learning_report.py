@@ -3,7 +3,8 @@
 
     python benchmarks/active_learning_report.py runs/active-learning/banking77 --full_accuracy "$FULL" --plot al.png
 
-Prints per strategy the test accuracy at each number of labels spent (mean ± sample std over seeds, and the
+Runs with fewer rounds than the longest (in progress, cut short) are left out and named. Prints per strategy the
+test accuracy at each number of labels spent (mean ± sample std over seeds, and the
 seed count) and, given the accuracy of training on the whole pool (``--full_accuracy``), the labels each strategy
 needed to reach ``--target_fraction`` of it: per seed, the first round reaching it (``time_to_target``'s
 ``grid``) and the log-linear interpolation between that round and the one before (mean over the seeds that
@@ -30,9 +31,15 @@ PROBABILITY_BASED = ("breaking_ties", "entropy", "least_confidence", "smalltext_
                      "smalltext_prediction_entropy", "smalltext_least_confidence")
 
 
-def load_runs(folder: str) -> list[dict]:
+def load_runs(folder: str) -> tuple[list[dict], list[str]]:
+    """The runs with as many rounds as the longest, and the names of those with fewer (in progress or cut short,
+    left out: a run stopped early would count as one that never reached the target)."""
     runs = [json.load(open(path)) for path in sorted(glob.glob(os.path.join(folder, "*.json")))]
-    return [run for run in runs if run.get("rounds")]
+    runs = [run for run in runs if run.get("rounds")]
+    longest = max((len(run["rounds"]) for run in runs), default=0)
+    short = [f"{run['strategy']} seed {run['seed']} ({len(run['rounds'])} of {longest} rounds)" for run in runs
+             if len(run["rounds"]) < longest]
+    return [run for run in runs if len(run["rounds"]) == longest], short
 
 
 def curves(runs: list[dict]) -> dict[str, dict[int, list[tuple[int, float]]]]:
@@ -157,11 +164,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--goal_ratio", type=float, default=0.8, help="the goal's labels over random's, at most")
     parser.add_argument("--plot", help="write a PNG plot here")
     args = parser.parse_args(argv)
-    runs = load_runs(args.folder)
+    runs, short = load_runs(args.folder)
     if not runs:
         raise SystemExit(f"no active-learning runs (JSON files with rounds) in {args.folder}")
     by = curves(runs)
     text = accuracy_table(by)
+    if short:
+        text += "\n\nLeft out, fewer rounds than the longest run: " + "; ".join(short)
     target = args.full_accuracy * args.target_fraction if args.full_accuracy is not None else None
     if target is not None:
         text += (f"\n\nLabels to reach {args.target_fraction:g} x {args.full_accuracy:.4f} = {target:.4f} test accuracy:\n\n"

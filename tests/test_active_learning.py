@@ -306,9 +306,13 @@ def test_the_report_tabulates_mean_and_std_per_labels_spent_and_labels_to_target
         rounds = [{"labels_spent": 10 * (i + 1), "test_accuracy": a} for i, a in enumerate(accuracies)]
         with open(tmp_path / f"{strategy}-seed{seed}.json", "w") as f:
             json.dump({"strategy": strategy, "seed": seed, "rounds": rounds}, f)
+    with open(tmp_path / "entropy-seed0.json", "w") as f:  # in progress: left out, named
+        json.dump({"strategy": "entropy", "seed": 0, "rounds": [{"labels_spent": 10, "test_accuracy": 0.3}]}, f)
     text = report.main([str(tmp_path), "--full_accuracy", "0.8", "--target_fraction", "0.75", "--plot",
                         str(tmp_path / "al.png")])
     std = statistics.stdev([0.50, 0.65])
+    assert "Left out, fewer rounds than the longest run: entropy seed 0 (1 of 3 rounds)" in text
+    assert "| entropy |" not in text
     assert f"| random | 0.3500 ± {statistics.stdev([0.3, 0.4]):.4f} (n=2) | 0.5750 ± {std:.4f} (n=2) |" in text
     # target 0.6: mms reaches it at 20 labels (seed 0) and 30 (seed 1), random at 30 and 20
     interpolate = lambda a0, a1: float(np.exp(np.log(10) + (0.6 - a0) / (a1 - a0) * (np.log(20) - np.log(10))))
