@@ -108,20 +108,23 @@ def load_script(name: str, folder: str = "scripts"):
     return module
 
 
-def accelerate_launch(script: str, argv: list[str], num_processes: int = 2) -> subprocess.CompletedProcess:
+def accelerate_launch(script: str, argv: list[str], num_processes: int = 2, env: dict | None = None
+                      ) -> subprocess.CompletedProcess:
     """Run ``script`` as ``accelerate launch`` does: ``num_processes`` CPU processes talking over gloo, a real
-    distributed run. Fails the test with the end of stderr when any process fails."""
+    distributed run, with ``env`` added to the environment. Fails the test with the end of stderr when any process
+    fails."""
     with socket.socket() as s:  # a free port for the process group
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                       "--main_process_port", str(port), script, *argv])
+                       "--main_process_port", str(port), script, *argv], env)
 
 
-def run_python(argv: list[str]) -> subprocess.CompletedProcess:
-    """``python <argv>`` offline, one thread per process, with the repository importable; asserts it succeeded."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+def run_python(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python <argv>`` offline, one thread per process, with the repository importable (and ``env`` added);
+    asserts it succeeded."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
     result = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return result

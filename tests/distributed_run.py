@@ -7,7 +7,10 @@ and ``--check_int8_refusal`` first check that a several-process run over an Iter
 a sharded model, are refused.
 
 Each process writes ``selections-rank{R}.json`` (fresh selection: the rows it selected, step by step) and
-``trained-rank{R}.json`` (the rows of every trained micro-batch, and the cached scores); the main process
+``trained-rank{R}.json`` (the rows of every trained micro-batch; the cached scores; the parameter elements the process
+holds after training, all of them unsharded and about half under FSDP with two processes; FSDP1's sharding strategy
+and ``use_orig_params`` as torch applied them; the dtypes of the model's logits; the dtypes of the penalty's weight,
+features and result); the main process
 saves the final model and the log history.
 """
 
@@ -16,6 +19,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -25,6 +29,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from builders import RecordingTrainer, tiny_model, token_dataset  # noqa: E402
 from mmr_transformers import MMRTrainer, MMRTrainingArguments  # noqa: E402
+from mmr_transformers import trainer as trainer_module  # noqa: E402
 
 
 @dataclass
@@ -38,8 +43,14 @@ class RunOptions:
 def allow_fsdp_on_cpu():
     """The smallest patch of Accelerate's state that lets FSDP run on CPU processes (gloo): Accelerate turns FSDP
     on only for accelerator setups (its list of distributed types lacks MULTI_CPU) and otherwise silently runs
-    DDP. torch's FSDP2 itself runs on gloo; this makes AcceleratorState keep the FSDP plugin it was given."""
-    from accelerate.state import AcceleratorState
+    DDP. torch's FSDP1 and FSDP2 themselves run on gloo; this makes AcceleratorState keep the FSDP plugin it was
+    given, and records the FSDP type in PartialState as Accelerate's own FSDP branch does (else the next
+    ``AcceleratorState()`` copies MULTI_CPU back). For FSDP1 the device is ``cpu`` rather than MULTI_CPU's
+    ``cpu:0``: FSDP1 checks ``device_id`` against ``torch.device(torch.cpu.current_device())``, which is ``cpu``
+    (torch/distributed/fsdp/_init_utils.py, ``_get_compute_device``), and refuses ``cpu:0``. FSDP1 also needs
+    ``sync_module_states: false`` in its config, which Accelerate refuses on CPU (a documented option)."""
+    import torch
+    from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType
 
     original = AcceleratorState.__init__
@@ -50,6 +61,9 @@ def allow_fsdp_on_cpu():
             self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
             if self._mixed_precision != "no":  # what Accelerate's own FSDP branch does
                 fsdp_plugin.set_mixed_precision(self._mixed_precision)
+            if fsdp_plugin.fsdp_version == 1:
+                self.device = torch.device("cpu")
+            PartialState._shared_state.update(distributed_type=self.distributed_type, device=self.device)
 
     AcceleratorState.__init__ = init
 
@@ -60,11 +74,29 @@ class Stream(IterableDataset):
 
 
 def full_state_dict(trainer):
-    """The model's weights, gathered whole from FSDP2's shards (a collective: every process calls it)."""
+    """The model's weights, gathered whole from FSDP's shards (a collective: every process calls it). FSDP1 gathers
+    them in ``state_dict()`` (the Trainer's FULL_STATE_DICT type); FSDP2 returns DTensors, gathered here."""
     from torch.distributed.tensor import DTensor
 
     return {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().clone().contiguous()
             for name, value in trainer.model.state_dict().items()}
+
+
+def parameters_held(model) -> int:
+    """Parameter elements this process holds: its shards under FSDP (FSDP1's flat parameters or the views into them,
+    FSDP2's local DTensor shards), every element otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
+
+
+def fsdp1_wrapping(model) -> str | None:
+    """FSDP1's sharding strategy and ``use_orig_params`` as the wrapped model applies them (None: not FSDP1)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if not isinstance(model, FullyShardedDataParallel):
+        return None
+    return f"{model.sharding_strategy.name} use_orig_params={model._use_orig_params}"
 
 
 def main(argv=None):
@@ -94,14 +126,26 @@ def main(argv=None):
         with open(os.path.join(args.output_dir, f"int8-refusal-rank{args.process_index}.txt"), "w") as f:
             f.write(refused)
     trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(options.num_samples))
-    trainer.train()
+    logits_dtypes, penalty_dtypes = set(), set()
+    model.register_forward_hook(lambda module, inputs, output: logits_dtypes.add(str(output.logits.dtype)))
+    penalty = trainer_module.multi_margin_penalty
+
+    def recorded_penalty(features, logits, labels, weight):
+        result = penalty(features, logits, labels, weight)
+        penalty_dtypes.add(f"weight {weight.dtype}, features {features.dtype} -> {result.dtype}")
+        return result
+
+    with mock.patch.object(trainer_module, "multi_margin_penalty", recorded_penalty):
+        trainer.train()
     weights = full_state_dict(trainer) if trainer.is_fsdp_enabled else None
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, f"selections-rank{args.process_index}.json"), "w") as f:
         json.dump([{"step": r["step"], "selected": r["selected"]} for r in trainer.selections], f)
     with open(os.path.join(args.output_dir, f"trained-rank{args.process_index}.json"), "w") as f:
         cache = trainer._sampler.scores.tolist() if trainer._sampler is not None else None
-        json.dump({"trained": trainer.trained, "cached_scores": cache}, f)
+        json.dump({"trained": trainer.trained, "cached_scores": cache, "parameters_held": parameters_held(trainer.model),
+                   "fsdp1": fsdp1_wrapping(trainer.model), "logits_dtypes": sorted(logits_dtypes),
+                   "penalty_dtypes": sorted(penalty_dtypes)}, f)
     if trainer.is_world_process_zero():
         if weights is None:
             trainer.save_model(os.path.join(args.output_dir, "final"))
