@@ -7,9 +7,10 @@
 #   device run, carry [".gpu"], timeout_s 600:
 #     set -o pipefail; bash benchmarks/gpu_check.sh run 2>&1 | tee $OUT/log
 #     # there: 9 runs of BUDGET s (default 15; about 4 minutes in all) -> $OUT/gpu-tta.tgz
-#   device run, carry [".gpu"], timeout_s 480 (issue 14: bf16 vs fp32, FSDP2 and DeepSpeed ZeRO-3 vs unsharded, step cost):
+#   device run, carry [".gpu"], timeout_s 540 (issue 14: bf16 vs fp32, FSDP2, FSDP1 and DeepSpeed ZeRO-3 vs unsharded,
+#   FSDP2 and ZeRO-2 in fp16 vs fp32, step cost):
 #     set -o pipefail; bash benchmarks/gpu_check.sh sharding 2>&1 | tee $OUT/sharding.log
-#     # there: python3 benchmarks/gpu_sharding_check.py (about 4-6 minutes) -> $OUT/sharding.json; exit 1 if a check
+#     # there: python3 benchmarks/gpu_sharding_check.py (estimated 5-7 minutes) -> $OUT/sharding.json; exit 1 if a check
 #     # failed. The device image's torch, transformers and accelerate are used; DeepSpeed travels as wheels.
 #
 # The int8 scorer is CPU-only, so the cheap variant on a GPU is k=2 (and the scoring chunk is k·b rows in one

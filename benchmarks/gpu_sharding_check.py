@@ -1,6 +1,7 @@
-"""MMR and MMS on one GPU: bf16 against fp32, FSDP2 and DeepSpeed ZeRO-3 against an unsharded run, and the
-per-step cost of MMR and MMS against plain steps. One prepared script for a device session (about 4-6 minutes on
-an H200; `bash benchmarks/gpu_check.sh sharding` runs it there), with a CPU dry run for this machine.
+"""MMR and MMS on one GPU: bf16 against fp32, FSDP2, FSDP1 and DeepSpeed ZeRO-3 against an unsharded run, FSDP2 and
+ZeRO-2 in fp16 (loss scaled) against fp32, and the per-step cost of MMR and MMS against plain steps. One prepared
+script for a device session (estimated 5-7 minutes on an H200, mostly the start of each training process;
+`bash benchmarks/gpu_check.sh sharding` runs it there), with a CPU dry run for this machine.
 
     python benchmarks/gpu_sharding_check.py --out $OUT/sharding.json       # on a GPU
     python benchmarks/gpu_sharding_check.py --cpu-dry-run --out /tmp/sharding-dry.json
@@ -11,11 +12,19 @@ The checks, each printing one line (``ok``, ``FAILED`` with the reason, or ``ski
   runs it (autocast over fp32 weights) and with bf16 weights (what FSDP's and DeepSpeed's bf16 hold): minimal margin
   scores (mean |difference| over mean |score|, Spearman), the rows ``select_rows`` keeps (share of fp32's kept rows
   also kept in bf16) and the MMR penalty (relative difference).
-- ``fsdp2`` and ``deepspeed``: a few ``MMRTrainer`` steps with MMR and MMS (k = 2, fp32, SGD, no clipping) under
-  FSDP2 (every ``BertLayer`` and ``Linear`` its own unit, resharded after forward: the head's weight is freed between
-  forwards) and under DeepSpeed ZeRO-3 (persistence threshold 0: the head is partitioned too), one process each
-  (``torch.distributed.run``), against the same run unsharded in its own process: the selected rows of every
-  micro-batch, the logged loss and ``mmr/penalty`` per step, and the final weights (gathered whole).
+- ``fsdp2``, ``fsdp1`` and ``deepspeed``: a few ``MMRTrainer`` steps with MMR and MMS (k = 2, fp32, SGD, no clipping)
+  under FSDP2 (every ``BertLayer`` and ``Linear`` its own unit, resharded after forward: the head's weight is freed
+  between forwards), FSDP1 (the same units, ``use_orig_params=False``: the head's weight a view into a FlatParameter;
+  torch runs FULL_SHARD as NO_SHARD at world size 1, on CUDA without the CPU patch) and DeepSpeed ZeRO-3 (persistence
+  threshold 0: the head is partitioned too), one process each (``torch.distributed.run``), against the same run
+  unsharded in its own process: the selected rows of every micro-batch, the logged loss and ``mmr/penalty`` per
+  step, and the final weights (gathered whole).
+- ``fsdp2_fp16`` and ``zero2_fp16``: the same run in fp16 under FSDP2 (Accelerate's fp16 MixedPrecisionPolicy and
+  GradScaler) and DeepSpeed ZeRO-2 (its dynamic loss scale from 2^8), against the fp32 unsharded run: the first step's
+  loss and penalty within fp16 rounding (so the logged loss is unscaled), most of its selected rows shared, every
+  step finite, a loss scale above 1 in use; the final weights' distance to fp32 is reported. fp16 is not run on this
+  CPU for DeepSpeed (its CPU accelerator refuses fp16 without AVX512-FP16/AMX-FP16) and runs unscaled for FSDP2
+  (Accelerate makes no GradScaler on CPU).
 - ``step_cost``: median step time of MMR and MMS (k = 2, 4) over plain steps (bf16 on a GPU), rounds interleaved
   as in ``benchmarks/step_cost.py``, with the ideal ``1 + k · inference / train step`` measured in the same run
   (``common.StepClock`` and ``common.inference_seconds``, the GPU synchronised before each clock mark).
@@ -26,14 +35,16 @@ the dry run uses a tiny random BERT. The data: SST-2 training sentences (``$MMR_
 ``common.sst2_tokenized``) when the tokenizer is there, else random tokens. Tolerances are in ``TOLERANCES``. A check
 that raises is reported FAILED with the reason and the others still run; the exit code is 1 if any failed.
 ``--cpu-dry-run`` runs ``bf16`` and ``step_cost`` tiny on CPU and skips what needs CUDA; adding ``--cpu-sharding``
-also runs ``fsdp2`` (with the test suite's CPU patch, ``tests/distributed_run.py``) and ``deepspeed`` (DeepSpeed's
-CPU accelerator over gloo) on CPU, to exercise their code here.
+also runs the FSDP checks (with the test suite's CPU patch, ``tests/distributed_run.py``) and the DeepSpeed ones
+(DeepSpeed's CPU accelerator over gloo; not ``zero2_fp16`` where that refuses fp16) on CPU, to exercise their code here.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -45,6 +56,7 @@ import traceback
 
 import torch
 import transformers
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.tensor import DTensor
 from torch.utils.data import Dataset
 from transformers import AutoModelForSequenceClassification, PrinterCallback, TrainerCallback, default_data_collator
@@ -67,13 +79,26 @@ TOLERANCES = {
     "bf16_penalty_rel": 0.05,  # |R_bf16 - R_fp32| / R_fp32, worst batch
     "sharded_loss_rel": 1e-5,  # logged loss and mmr/penalty per step (fp32 sums in another order)
     "sharded_weight_abs": 1e-5,  # final weights, every parameter
+    "fp16_first_step_rel": 1e-2,  # fp16 runs: logged loss and mmr/penalty of the first step (fp32's weights, rounded)
+    "fp16_keep_overlap": 0.8,  # fp16 runs: share of fp32's first selected rows kept in fp16 too
 }
 FSDP2 = {"fsdp": "full_shard", "fsdp_config": {"version": 2, "reshard_after_forward": True,
                                                "transformer_layer_cls_to_wrap": ["BertLayer", "Linear"]}}
+# FSDP1 as the Trainer wraps it: FULL_SHARD (torch turns it into NO_SHARD at world size 1), the head's weight a view
+# into a FlatParameter (use_orig_params False)
+FSDP1 = {"fsdp": "full_shard", "fsdp_config": {"version": 1, "use_orig_params": False,
+                                               "transformer_layer_cls_to_wrap": ["BertLayer", "Linear"]}}
+# fp16 with DeepSpeed's dynamic loss scale, started at 2^8 so that the few steps compared are not skipped overflows
+ZERO2_FP16 = {"deepspeed": {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                            "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+                            "fp16": {"enabled": "auto", "initial_scale_power": 8}, "zero_optimization": {"stage": 2}}}
 ZERO3 = {"deepspeed": {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
                        "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
                        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
                                              "stage3_gather_16bit_weights_on_model_save": True}}}
+# each training child: (Trainer arguments of its wrapping, fp16 or not)
+CHILDREN = {"plain": ({}, False), "fsdp2": (FSDP2, False), "fsdp1": (FSDP1, False), "deepspeed": (ZERO3, False),
+            "fsdp2_fp16": (FSDP2, True), "zero2_fp16": (ZERO2_FP16, True)}
 
 
 # ---- model and data -------------------------------------------------------------------------------------------
@@ -229,17 +254,19 @@ def child_main(args) -> None:
     pool and the initial weights from ``--work``, writes ``<run>.json`` and ``<run>.pt`` there."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     spec = json.load(open(os.path.join(args.work, "spec.json")))
-    if args.child == "fsdp2" and spec["cpu"]:
+    sharding, fp16 = CHILDREN[args.child]
+    if "fsdp" in sharding and spec["cpu"]:
         sys.path.insert(0, os.path.join(REPO, "tests"))
         from distributed_run import allow_fsdp_on_cpu  # the test suite's patch: Accelerate's FSDP on CPU processes
 
         allow_fsdp_on_cpu()
+        if sharding["fsdp_config"]["version"] == 1:  # Accelerate refuses FSDP1's default sync_module_states on CPU
+            sharding = {**sharding, "fsdp_config": {**sharding["fsdp_config"], "sync_module_states": False}}
     model = AutoModelForSequenceClassification.from_pretrained(os.path.join(args.work, "initial"))  # before any
     # DeepSpeed config exists, so every run starts from the same, unpartitioned weights
-    sharding = {"plain": {}, "fsdp2": FSDP2, "deepspeed": ZERO3}[args.child]
-    use_cpu = spec["cpu"] and args.child != "deepspeed"  # DeepSpeed runs on its own CPU accelerator there
-    training = MMRTrainingArguments(output_dir=os.path.join(args.work, args.child), use_cpu=use_cpu, **spec["train"],
-                                    **sharding)
+    use_cpu = spec["cpu"] and "deepspeed" not in sharding  # DeepSpeed runs on its own CPU accelerator there
+    training = MMRTrainingArguments(output_dir=os.path.join(args.work, args.child), use_cpu=use_cpu, fp16=fp16,
+                                    **spec["train"], **sharding)
     trainer = Recorder(model=model, args=training, train_dataset=Rows(torch.load(os.path.join(args.work, "pool.pt"))),
                        data_collator=collate)
     trainer.remove_callback(PrinterCallback)
@@ -248,11 +275,19 @@ def child_main(args) -> None:
     weights = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().float().cpu().clone()
                for k, v in weights.items()}  # DTensors where Accelerate does not see FSDP2 (the CPU patch)
     head = find_classifier(trainer.model).linear.weight
+    wrapped, scaler = trainer.model_wrapped, trainer.accelerator.scaler
+    fsdp1 = (f"{wrapped.sharding_strategy.name} use_orig_params={wrapped._use_orig_params}"
+             if isinstance(wrapped, FullyShardedDataParallel) else None)
+    engine_optimizer = getattr(wrapped, "optimizer", None) if hasattr(wrapped, "zero_optimization_stage") else None
     if trainer.is_world_process_zero():
         torch.save(weights, os.path.join(args.work, f"{args.child}.pt"))
         with open(os.path.join(args.work, f"{args.child}.json"), "w") as f:
             json.dump({"selected": trainer.selected, "log_history": trainer.state.log_history,
-                       "distributed_type": str(trainer.accelerator.distributed_type),
+                       "distributed_type": str(trainer.accelerator.distributed_type), "fsdp1": fsdp1,
+                       "zero_stage": wrapped.zero_optimization_stage() if engine_optimizer is not None else None,
+                       "loss_scale": (scaler.get_scale() if scaler is not None
+                                      else getattr(engine_optimizer, "loss_scale", None)),
+                       "skipped_steps": getattr(wrapped, "skipped_steps", None),
                        "head_parameter": {"type": type(head).__name__, "shape": list(head.shape),
                                           "ds_shape": list(getattr(head, "ds_shape", []) or [])}}, f)
     trainer.accelerator.wait_for_everyone()
@@ -286,7 +321,9 @@ def relative_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
 
 
-def compare_sharded(ctx, name: str) -> tuple[str, dict]:
+def reference_and_run(ctx, name: str) -> tuple[dict, dict]:
+    """The unsharded fp32 run (run once, kept) and the run of child ``name``, refused unless it ran wrapped as asked:
+    the head a DTensor (FSDP2), FSDP1 over flat parameters, an empty ZeRO-3 partition, ZeRO stage 2."""
     if ctx.reference is None:
         try:
             ctx.reference = run_child(ctx, "plain")
@@ -294,7 +331,19 @@ def compare_sharded(ctx, name: str) -> tuple[str, dict]:
             ctx.reference = error
     if isinstance(ctx.reference, Exception):
         raise RuntimeError(f"the unsharded reference run failed: {ctx.reference}")
-    ref, run = ctx.reference, run_child(ctx, name)
+    run = run_child(ctx, name)
+    head = run["head_parameter"]
+    wrapped = {"fsdp2": head["type"] == "DTensor", "fsdp2_fp16": head["type"] == "DTensor",
+               "fsdp1": (run["fsdp1"] or "").endswith("use_orig_params=False"),
+               "deepspeed": head["shape"] == [0] and bool(head["ds_shape"]), "zero2_fp16": run["zero_stage"] == 2}[name]
+    if not wrapped:
+        raise AssertionError(f"the {name} run was not wrapped as asked: {run['distributed_type']}, head parameter "
+                             f"{head}, FSDP1 {run['fsdp1']}, ZeRO stage {run['zero_stage']}")
+    return ctx.reference, run
+
+
+def compare_sharded(ctx, name: str) -> tuple[str, dict]:
+    ref, run = reference_and_run(ctx, name)
     same = sum(a == b for a, b in zip(run["selected"], ref["selected"]))
     selections_equal = same == len(ref["selected"]) == len(run["selected"])
     loss_rel = relative_diff(logged(run["log_history"], "loss"), logged(ref["log_history"], "loss"))
@@ -305,7 +354,7 @@ def compare_sharded(ctx, name: str) -> tuple[str, dict]:
     diffs = {k: float((run_w[k] - ref_w[k]).abs().max()) for k in ref_w if k in run_w}
     head = find_classifier(ctx.fresh_model()).name + ".weight"
     worst = max(diffs.values()) if diffs else float("inf")
-    record = {"distributed_type": run["distributed_type"], "head_parameter": run["head_parameter"],
+    record = {"distributed_type": run["distributed_type"], "head_parameter": run["head_parameter"], "fsdp1": run["fsdp1"],
               "micro_batches": len(ref["selected"]), "micro_batches_selecting_the_same_rows": same,
               "loss_rel_max": loss_rel, "penalty_rel_max": penalty_rel, "weights_max_abs_diff": worst,
               "head_weight_max_abs_diff": diffs.get(head), "state_dict_keys_in_one_only": key_diff,
@@ -314,20 +363,47 @@ def compare_sharded(ctx, name: str) -> tuple[str, dict]:
               "penalties_unsharded": logged(ref["log_history"], "mmr/penalty"),
               "seconds": run["seconds"], "seconds_unsharded": ref["seconds"],
               "tolerances": {k: v for k, v in TOLERANCES.items() if k.startswith("sharded")}}
-    line = (f"{run['distributed_type']}, head parameter {run['head_parameter']['type']} {run['head_parameter']['shape']}"
+    line = (f"{run['distributed_type']}{', FSDP1 ' + run['fsdp1'] if run['fsdp1'] else ''}, head parameter "
+            f"{run['head_parameter']['type']} {run['head_parameter']['shape']}"
             f"{' ds_shape ' + str(run['head_parameter']['ds_shape']) if run['head_parameter']['ds_shape'] else ''}: "
             f"{same}/{len(ref['selected'])} micro-batches select the unsharded rows, loss rel diff {loss_rel:.1e}, "
             f"penalty rel diff {penalty_rel:.1e} (<= {TOLERANCES['sharded_loss_rel']:g}), weights max |diff| {worst:.1e} "
             f"(head {diffs.get(head, float('nan')):.1e}; <= {TOLERANCES['sharded_weight_abs']:g})"
             + (f"; state dict keys in one run only: {key_diff}" if key_diff else ""))
-    head_parameter = run["head_parameter"]  # the evidence of sharding: a DTensor (FSDP2), an empty partition (ZeRO-3)
-    sharded = (head_parameter["type"] == "DTensor" if name == "fsdp2"
-               else head_parameter["shape"] == [0] and bool(head_parameter["ds_shape"]))
-    if not sharded:
-        raise AssertionError(f"the run was not sharded: {line}")
     if not (selections_equal and keys_equal and loss_rel <= TOLERANCES["sharded_loss_rel"]
             and penalty_rel <= TOLERANCES["sharded_loss_rel"] and worst <= TOLERANCES["sharded_weight_abs"]):
         raise AssertionError(f"sharded and unsharded runs differ: {line}")
+    return line, record
+
+
+def compare_fp16(ctx, name: str) -> tuple[str, dict]:
+    """An fp16 run (loss scaled by Accelerate's GradScaler or DeepSpeed's dynamic scale) against the fp32 unsharded
+    run: the first step (the same weights, rounded to fp16) logs the fp32 loss and penalty within fp16 rounding (an
+    unscaled loss: a leaked scale would multiply it), keeps most of fp32's rows; every later step stays finite."""
+    ref, run = reference_and_run(ctx, name)
+    overlap = (len(set(map(tuple, run["selected"][0])) & set(map(tuple, ref["selected"][0]))) / len(ref["selected"][0])
+               if run["selected"] and ref["selected"] else 0.0)
+    first = {key: relative_diff(logged(run["log_history"], key)[:1], logged(ref["log_history"], key)[:1])
+             for key in ("loss", "mmr/penalty")}
+    finite = all(math.isfinite(v) for key in ("loss", "mmr/penalty") for v in logged(run["log_history"], key))
+    finite &= all(bool(w.isfinite().all()) for w in run["weights"].values())
+    worst = max(float((run["weights"][k] - ref["weights"][k]).abs().max()) for k in ref["weights"])
+    record = {"distributed_type": run["distributed_type"], "zero_stage": run["zero_stage"], "loss_scale": run["loss_scale"],
+              "skipped_steps": run["skipped_steps"], "first_step_loss_rel": first["loss"],
+              "first_step_penalty_rel": first["mmr/penalty"], "first_keep_overlap": overlap, "finite": finite,
+              "weights_max_abs_diff_vs_fp32": worst, "losses": logged(run["log_history"], "loss"),
+              "losses_fp32": logged(ref["log_history"], "loss"), "penalties": logged(run["log_history"], "mmr/penalty"),
+              "penalties_fp32": logged(ref["log_history"], "mmr/penalty"), "seconds": run["seconds"],
+              "tolerances": {k: v for k, v in TOLERANCES.items() if k.startswith("fp16")}}
+    line = (f"{run['distributed_type']}, loss scale {run['loss_scale']}, skipped steps {run['skipped_steps']}: first step "
+            f"loss rel diff {first['loss']:.1e}, penalty rel diff {first['mmr/penalty']:.1e} (<= "
+            f"{TOLERANCES['fp16_first_step_rel']:g}), first selection shares {overlap:.0%} of fp32's rows (>= "
+            f"{TOLERANCES['fp16_keep_overlap']:.0%}), all steps finite: {finite}; weights vs fp32 after "
+            f"{len(record['losses'])} steps: max |diff| {worst:.1e} (reported)")
+    scaled = ctx.cpu or (run["loss_scale"] or 0) > 1  # Accelerate has no GradScaler on CPU
+    if not (finite and scaled and overlap >= TOLERANCES["fp16_keep_overlap"]
+            and max(first.values()) <= TOLERANCES["fp16_first_step_rel"]):
+        raise AssertionError(f"the fp16 run is outside its bounds: {line}")
     return line, record
 
 
@@ -426,8 +502,9 @@ class Context:
         return AutoModelForSequenceClassification.from_pretrained(os.path.join(self.work, "initial"))
 
 
-CHECKS = {"bf16": check_bf16, "fsdp2": lambda ctx: compare_sharded(ctx, "fsdp2"),
-          "deepspeed": lambda ctx: compare_sharded(ctx, "deepspeed"), "step_cost": check_step_cost}
+CHECKS = {"bf16": check_bf16, **{name: functools.partial(compare_sharded, name=name) for name in ("fsdp2", "fsdp1", "deepspeed")},
+          **{name: functools.partial(compare_fp16, name=name) for name in ("fsdp2_fp16", "zero2_fp16")},
+          "step_cost": check_step_cost}
 
 
 def versions() -> dict:
@@ -458,7 +535,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds after a warm-up round (default 3; dry run 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child-timeout", type=int, default=240, help="seconds for each training subprocess")
-    parser.add_argument("--child", choices=["plain", "fsdp2", "deepspeed"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     transformers.logging.disable_progress_bar()
@@ -472,7 +549,9 @@ def main(argv=None) -> int:
                            ("cost_steps", 20, 6), ("rounds", 3, 1)):
         if getattr(args, name) is None:
             setattr(args, name, cpu if dry else gpu)
-    needs_cuda = set() if (not dry or args.cpu_sharding) else {"fsdp2", "deepspeed"}
+    skip = {} if (not dry or args.cpu_sharding) else dict.fromkeys(set(CHILDREN) - {"plain"}, "needs CUDA (or --cpu-sharding on CPU)")
+    if dry and not torch.ops.mkldnn._is_mkldnn_fp16_supported():  # DeepSpeed's CPU accelerator's test for fp16
+        skip["zero2_fp16"] = "DeepSpeed's CPU accelerator refuses fp16 on a CPU without AVX512-FP16/AMX-FP16"
     report = {"command": "python " + " ".join([os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
               "dry_run": dry, "versions": versions(), "settings": vars(args), "tolerances": TOLERANCES, "checks": {}}
     print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), flush=True)
@@ -488,8 +567,8 @@ def main(argv=None) -> int:
             ctx, setup_error = None, f"setup: {type(error).__name__}: {error}"
         for name in args.checks:
             started = time.perf_counter()
-            if name in needs_cuda:
-                status, line, record = "skipped", "needs CUDA (or --cpu-sharding on CPU)", {}
+            if name in skip:
+                status, line, record = "skipped", skip[name], {}
             elif ctx is None:
                 status, line, record = "FAILED", setup_error, {}
             else:
