@@ -181,7 +181,7 @@ def load_data(args: argparse.Namespace) -> dict:
 
 
 def embed_texts(args: argparse.Namespace, tokenizer, texts: dict[str, list[str]]) -> dict[str, torch.Tensor]:
-    """The sentence embeddings of the pool and test texts, from ``<output_dir>/embeddings.pt`` or computed once."""
+    """The sentence embeddings of the pool and test texts, from the cache (``--embedding_cache``) or computed once."""
 
     def compute():
         print(f"embedding {sum(map(len, texts.values()))} texts with {args.model_name_or_path} (cached afterwards)",
