@@ -7,10 +7,12 @@
 - ``lowest_margin_pairs.png``: at each run's last evaluation, how often each (top-1, top-2) class pair holds the
   lowest margins, as a heatmap (rows: top-1 class, columns: top-2 class).
 
-A run is a JSON file or a folder holding one, optionally named ``NAME=PATH`` (default name: the folder's)::
+A run is a JSON file (the callback's, or a study record of ``benchmarks/study.py``, which embeds it) or a folder
+holding one, optionally named ``NAME=PATH`` (default name: the folder's)::
 
     python benchmarks/plot_margins.py out/margin_diagnostics.json --out_dir plots
     python benchmarks/plot_margins.py mms=runs/mms random=runs/random --out_dir plots
+    python benchmarks/plot_margins.py alpha0=docs/results/mmr-banking77/banking77-alpha0-seed0.json --out_dir plots
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def load_run(spec: str) -> tuple[str, list[dict]]:
         path = os.path.join(path, FILE_NAME)
     with open(path) as f:
         records = json.load(f)
+    if isinstance(records, dict):  # a study record (benchmarks/study.py) carries the run's diagnostics
+        records = records.get("margin_diagnostics", [])
     if not records:
         raise SystemExit(f"{path} holds no evaluation records")
     return name or os.path.basename(os.path.dirname(os.path.abspath(path))), records

@@ -232,3 +232,17 @@ def test_the_plot_command_writes_pngs(mmr_run, tmp_path):
     for path in paths:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_command_reads_a_study_records_embedded_diagnostics(mmr_run, tmp_path):
+    _, _, output_dir = mmr_run
+    plot_margins = load_script("plot_margins", "benchmarks")
+    with open(os.path.join(output_dir, MarginDiagnosticsCallback.FILE_NAME)) as f:
+        records = json.load(f)
+    with open(tmp_path / "record.json", "w") as f:
+        json.dump({"run": "x", "margin_diagnostics": records}, f)
+    assert plot_margins.load_run(f"study={tmp_path / 'record.json'}") == ("study", records)
+    with open(tmp_path / "empty.json", "w") as f:
+        json.dump({"run": "y"}, f)
+    with pytest.raises(SystemExit, match="holds no evaluation records"):
+        plot_margins.load_run(str(tmp_path / "empty.json"))
