@@ -98,24 +98,35 @@ def random_query(logits, weight, features, num_samples, generator):
     return random_priority(logits, weight, None, generator)
 
 
-@register_query_strategy("mms_diverse", needs_features=True)
-def mms_diverse_query(logits, weight, features, num_samples, generator):
-    """Minimal margin spread over the feature space, so near-duplicates are not all labelled at once.
-
-    The ``DIVERSITY_CANDIDATES · num_samples`` samples of smallest margin are clustered into ``num_samples``
-    groups by their features ``phi`` (seeded k-means); the choice then takes, round by round, the smallest-margin
-    not yet chosen member of every cluster (within a round, smallest margin first). Samples outside the candidate
-    set get priority ``inf``.
-    """
-    margins = minimal_margin_scores(logits, weight)
-    candidates = margins.argsort(stable=True)[: DIVERSITY_CANDIDATES * num_samples]
+def spread_over_clusters(priority: torch.Tensor, features: torch.Tensor, num_samples: int,
+                         generator: torch.Generator) -> torch.Tensor:
+    """A batch-diverse version of ``priority`` (lowest first): the ``DIVERSITY_CANDIDATES · num_samples`` lowest are
+    clustered into ``num_samples`` groups by their features ``phi`` (seeded k-means); the choice then takes, round by
+    round, the lowest not yet chosen member of every cluster (within a round, lowest first). Samples outside the
+    candidate set get priority ``inf``."""
+    candidates = priority.argsort(stable=True)[: DIVERSITY_CANDIDATES * num_samples]
     clusters = kmeans(features[candidates].float().cpu(), num_samples, generator)
-    # candidates are in margin order, so a candidate's rank in its cluster counts the earlier members of it
+    # candidates are in priority order, so a candidate's rank in its cluster counts the earlier members of it
     rank_in_cluster = F.one_hot(clusters).cumsum(dim=0).gather(1, clusters[:, None])[:, 0] - 1
     order = candidates[rank_in_cluster.argsort(stable=True).to(candidates.device)]
-    priority = torch.full_like(margins, float("inf"))
-    priority[order] = torch.arange(len(order), dtype=priority.dtype, device=priority.device)
-    return priority
+    spread = torch.full_like(priority, float("inf"))
+    spread[order] = torch.arange(len(order), dtype=spread.dtype, device=spread.device)
+    return spread
+
+
+@register_query_strategy("mms_diverse", needs_features=True)
+def mms_diverse_query(logits, weight, features, num_samples, generator):
+    """Minimal margin spread over the feature space (:func:`spread_over_clusters`), so near-duplicates are not all
+    labelled at once."""
+    return spread_over_clusters(minimal_margin_scores(logits, weight), features, num_samples, generator)
+
+
+@register_query_strategy("breaking_ties_diverse", needs_features=True)
+def breaking_ties_diverse_query(logits, weight, features, num_samples, generator):
+    """Breaking ties spread over the feature space the same way: the control that tells the margin's share of
+    ``mms_diverse``'s gain from the diversity step's."""
+    return spread_over_clusters(breaking_ties_query(logits, weight, features, num_samples, generator), features,
+                                num_samples, generator)
 
 
 def kmeans(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
