@@ -9,16 +9,25 @@ evaluation reaching it).
 
     python benchmarks/collect_results.py docs/results/mmr-sweep --table docs/results/mmr-sweep.md
     python benchmarks/collect_results.py docs/results/mms-vs-random --reference random --plot docs/results/mms-vs-random.png
+
+With ``--paired-against ARM``, also each arm's seed-paired difference from that arm (runs named ``...-seedN``):
+mean, 95% confidence interval, seeds ahead, and two-sided p-values of the paired t-test and the exact sign-flip test.
+
+    python benchmarks/collect_results.py docs/results/mmr-banking77 --paired-against alpha0
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
+import re
 import statistics
 from collections import defaultdict
+
+from scipy import stats
 
 from mmr_transformers.recipes.glue import get_task
 
@@ -113,6 +122,52 @@ def time_to_reference(runs: list[dict], reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_of(run: dict) -> int:
+    match = re.search(r"seed(\d+)$", run["run"])
+    if match is None:
+        raise SystemExit(f"run {run['run']!r} has no seed in its name (...-seedN): it cannot be paired")
+    return int(match.group(1))
+
+
+def sign_flip_p(differences: list[float]) -> float:
+    """Exact two-sided sign-flip (paired permutation) test: the share of the 2^n sign assignments whose mean is at
+    least as far from 0 as the observed mean. With n seeds its smallest possible value is 2 / 2^n."""
+    observed = abs(statistics.mean(differences)) - 1e-12
+    flips = list(itertools.product((1, -1), repeat=len(differences)))
+    return sum(abs(statistics.mean(s * d for s, d in zip(signs, differences))) >= observed for signs in flips) / len(flips)
+
+
+def paired_differences(runs: list[dict], reference: str) -> str:
+    """Per task, arm and metric: the seed-paired difference arm − reference in points (×100): its mean, the t-based
+    95% confidence interval of the mean, the seeds where the arm is ahead (ties count as not ahead), and the two-sided
+    p-values of the paired t-test and of :func:`sign_flip_p`. Only seeds both arms have are paired."""
+    lines = []
+    for task in sorted({r["task"] for r in runs}):
+        names = metric_names(task)
+        by_arm = defaultdict(dict)
+        for run in (r for r in runs if r["task"] == task):
+            by_arm[run["arm"]][seed_of(run)] = run["results"]
+        if reference not in by_arm:
+            continue
+        lines += [f"\n**{task.upper()}**: paired difference against {reference} (points)\n",
+                  "| arm | metric | seeds | mean difference | 95% CI | seeds ahead | paired t p | sign-flip p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for arm in sorted(a for a in by_arm if a != reference):
+            seeds = sorted(set(by_arm[arm]) & set(by_arm[reference]))
+            for name in names:
+                d = [100 * (by_arm[arm][s][name] - by_arm[reference][s][name]) for s in seeds]
+                if len(d) < 2:
+                    lines.append(f"| {arm} | {name.removeprefix('eval_')} | {len(d)} | - | - | - | - | - |")
+                    continue
+                mean, sd = statistics.mean(d), statistics.stdev(d)
+                half = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5
+                t_p = f"{stats.ttest_1samp(d, 0.0).pvalue:.3f}" if sd > 0 else ("1.000" if mean == 0 else "-")
+                lines.append(f"| {arm} | {name.removeprefix('eval_')} | {len(d)} | {mean:+.2f} | "
+                             f"[{mean - half:+.2f}, {mean + half:+.2f}] | {sum(x > 0 for x in d)}/{len(d)} | {t_p} | "
+                             f"{sign_flip_p(d):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs: list[dict], path: str) -> None:
     """Dev metric against optimizer steps (left) and training seconds (right), a line per run."""
     import matplotlib
@@ -149,6 +204,7 @@ def main():
     parser.add_argument("--table", help="write the markdown table here (default: print it)")
     parser.add_argument("--plot", help="write a PNG plot here")
     parser.add_argument("--reference", help="arm whose final dev metric is the target of a time-to-target table")
+    parser.add_argument("--paired-against", help="arm every other arm is compared with, seed by seed")
     args = parser.parse_args()
     runs = load_runs(args.paths)
     if not runs:
@@ -156,6 +212,8 @@ def main():
     text = table(runs)
     if args.reference:
         text += time_to_reference(runs, args.reference)
+    if args.paired_against:
+        text += paired_differences(runs, args.paired_against)
     if args.table:
         with open(args.table, "w") as f:
             f.write(text)

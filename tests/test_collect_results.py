@@ -56,3 +56,39 @@ def test_time_to_reference_counts_the_first_evaluation_at_the_target_not_a_later
     runs = [run("random", [(10, 10.0, 0.7), (20, 20.0, 0.8)]), run("mms", [(10, 9.0, 0.85), (20, 18.0, 0.75), (30, 27.0, 0.9)])]
     text = collect_results.time_to_reference(runs, "random")
     assert "| mms | 1/1 | 10 | 9 | 0.45 | 75.00 |" in text and "| random | 1/1 | 20 | 20 | 1.00 | 80.00 |" in text
+
+
+def test_paired_differences_pair_by_seed_and_test_against_hand_computed_statistics():
+    from scipy import stats
+
+    def run(arm, seed, accuracy):
+        return {"run": f"banking77-{arm}-seed{seed}", "task": "banking77", "arm": arm,
+                "results": {"eval_accuracy": accuracy}, "timeline": []}
+
+    base = [0.80, 0.70, 0.75, 0.60, 0.65]
+    runs = [run("alpha0", s, a) for s, a in enumerate(base)]
+    runs += [run("up", s, a + d / 100) for s, (a, d) in enumerate(zip(base, [1, 2, 3, 4, 5]))]  # always ahead
+    runs += [run("mixed", s, a + d / 100) for s, (a, d) in enumerate(zip(base, [1, -1, 1, -1, 1]))]
+    runs += [run("same", s, a) for s, a in enumerate(base)] + [run("alone", 9, 0.9)]  # seed 9: nothing to pair with
+    text = collect_results.paired_differences(runs, "alpha0")
+    # d = 1..5 points: mean 3, sd sqrt(2.5), t = 3 / (sqrt(2.5) / sqrt(5)) with 4 degrees of freedom
+    t = 3 / (2.5 ** 0.5 / 5 ** 0.5)
+    p = 2 * stats.t.sf(t, 4)
+    half = stats.t.ppf(0.975, 4) * 2.5 ** 0.5 / 5 ** 0.5
+    # every difference positive: only the all-plus and all-minus of the 32 sign flips are as extreme
+    assert f"| up | accuracy | 5 | +3.00 | [{3 - half:+.2f}, {3 + half:+.2f}] | 5/5 | {p:.3f} | 0.062 |" in text
+    # five ±1 points always sum to an odd number, so every flip is at least as extreme: p = 1
+    sd = statistics.stdev([1, -1, 1, -1, 1])
+    mixed_p = 2 * stats.t.sf(0.2 / (sd / 5 ** 0.5), 4)
+    assert "| mixed | accuracy | 5 | +0.20 |" in text
+    assert text.split("| mixed |")[1].split("\n")[0].endswith(f"| 3/5 | {mixed_p:.3f} | 1.000 |")
+    assert "| same | accuracy | 5 | +0.00 | [+0.00, +0.00] | 0/5 | 1.000 | 1.000 |" in text
+    assert "| alone | accuracy | 0 | - |" in text
+
+
+def test_paired_differences_refuse_a_run_without_a_seed_in_its_name():
+    import pytest
+
+    runs = [{"run": "rte-alpha0", "task": "rte", "arm": "alpha0", "results": {"eval_accuracy": 0.5}}]
+    with pytest.raises(SystemExit, match="has no seed in its name"):
+        collect_results.paired_differences(runs, "alpha0")
