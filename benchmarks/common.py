@@ -3,6 +3,7 @@ check, the resumable runner of a study (one JSON per run) and time to target."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import csv
 import fcntl
@@ -67,23 +68,35 @@ def unpack_cifar_jpegs() -> str:
     return CIFAR_JPEGS
 
 
-def run_resumable(results_dir: str, plan: Iterable[tuple[str, Callable[[], dict | None]]]) -> list[str]:
+def run_resumable(results_dir: str, plan: Iterable[tuple[str, Callable[[], dict | None]]], jobs: int = 1,
+                  start_before: float | None = None) -> list[str]:
     """Run a study as resumable chunks: for each planned ``(name, make_record)`` whose ``<results_dir>/<name>.json``
     does not exist yet, call ``make_record()`` and write the record it returns there at once, so an interrupted
-    study loses at most the run in progress and the same command continues it. ``make_record`` returns ``None``
-    to discard a run (nothing is written; the next call tries it again). Returns the names written, in order."""
+    study loses at most the runs in progress and the same command continues it. ``make_record`` returns ``None``
+    to discard a run (nothing is written; the next call tries it again). ``jobs`` > 1 runs that many at a time,
+    in plan order (for runs that are separate processes on a machine with room for several, e.g. a GPU; never for
+    timings); no run starts after the ``time.time()`` ``start_before``. Returns the names written, in order written."""
     os.makedirs(results_dir, exist_ok=True)
+    pending = [(name, make) for name, make in plan if not os.path.exists(os.path.join(results_dir, f"{name}.json"))]
     written = []
-    for name, make_record in plan:
-        path = os.path.join(results_dir, f"{name}.json")
-        if os.path.exists(path):
-            continue
+
+    def run(name: str, make_record: Callable[[], dict | None]) -> None:
+        if start_before is not None and time.time() > start_before:
+            return
         record = make_record()
         if record is None:
-            continue
-        with open(path, "w") as f:
+            return
+        with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
             json.dump(record, f, indent=1)
         written.append(name)
+
+    if jobs == 1:
+        for name, make_record in pending:
+            run(name, make_record)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for future in [pool.submit(run, name, make_record) for name, make_record in pending]:
+                future.result()
     return written
 
 

@@ -1,28 +1,61 @@
 #!/usr/bin/env bash
-# The SST-2 time-to-accuracy benchmark at one budget on a GPU (issue 5, item 4): random vs fresh MMS (k=4)
-# vs MMS at k=2, three paired seeds, through the workplace's `device` tool (its machine has no network,
-# no ../shared, no `datasets` and no MiniLM package; what it needs travels in the ignored folder .gpu/).
+# GPU work through the workplace's `device` tool, whose machine has no network, no ../shared, no `datasets` and no
+# MiniLM package: what it needs travels in the ignored folder .gpu/ (at most 64 MiB with the working tree).
 #
-#   bash benchmarks/gpu_check.sh pack     # here, once: .gpu/ = MiniLM-L6 in fp16 (45 MB), SST-2, wheels
+#   bash benchmarks/gpu_check.sh pack            # here, once: .gpu/ = MiniLM-L6 in fp16 (45 MB), the data, wheels
+#   bash benchmarks/gpu_check.sh pack-deepspeed  # here, for `sharding` only: DeepSpeed and what it needs
+#   device run, carry [".gpu"], timeout_s 600:
+#     set -o pipefail; bash benchmarks/gpu_check.sh studies 2>&1 | tee $OUT/log
+#     # issue 16's MMR studies (mmr-banking77; mmr-full's RTE and MRPC; its SST-2), in 3 lanes side by side for about
+#     # 8 minutes -> $OUT/gpu-studies.tgz with docs/results/gpu/<study>/<run>.json; unpack it here (tar xzf, from the
+#     # repository root) and commit it: the next call skips the runs it holds
 #   device run, carry [".gpu"], timeout_s 600:
 #     set -o pipefail; bash benchmarks/gpu_check.sh run 2>&1 | tee $OUT/log
-#     # there: 9 runs of BUDGET s (default 15; about 4 minutes in all) -> $OUT/gpu-tta.tgz
+#     # the SST-2 time-to-accuracy benchmark at one budget: random vs fresh MMS (k=4) vs MMS at k=2, three paired
+#     # seeds, 9 runs of BUDGET s (default 15; about 4 minutes in all) -> $OUT/gpu-tta.tgz
 #   device run, carry [".gpu"], timeout_s 540 (issue 14: bf16 vs fp32, FSDP2, FSDP1 and DeepSpeed ZeRO-3 vs unsharded,
 #   FSDP2 and ZeRO-2 in fp16 vs fp32, step cost):
 #     set -o pipefail; bash benchmarks/gpu_check.sh sharding 2>&1 | tee $OUT/sharding.log
 #     # there: python3 benchmarks/gpu_sharding_check.py (estimated 5-7 minutes) -> $OUT/sharding.json; exit 1 if a check
 #     # failed. The device image's torch, transformers and accelerate are used; DeepSpeed travels as wheels.
 #
-# The int8 scorer is CPU-only, so the cheap variant on a GPU is k=2 (and the scoring chunk is k·b rows in one
-# pass, since small chunks only add kernel launches there). Results: one JSON per run, as on CPU.
+# The fp32 MiniLM file (91 MB) is over the carry limit, so GPU runs start from its weights rounded to fp16 (the same
+# start for every arm and seed: a GPU study is a study of its own, never mixed with CPU runs). The int8 scorer is
+# CPU-only, so the cheap variant on a GPU is k=2 (and the scoring chunk is k·b rows in one pass, since small chunks
+# only add kernel launches there). Results: one JSON per run, as on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=.gpu
+WHEEL_PLATFORMS=(--only-binary=:all: --python-version 3.12 --implementation cp
+                 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64)
+
+device_setup() {  # wheels the image lacks, the data and the fp32 encoder in /tmp; exports what the scripts read
+    test -d "$PACK" || { echo "no $PACK/: run 'bash benchmarks/gpu_check.sh pack' here and carry .gpu" >&2; exit 2; }
+    local wheels="$PACK/wheels"
+    python3 -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" || wheels="$PACK/wheels-pyarrow21"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$wheels"/*.whl
+    if [ "$1" = sharding ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$PACK"/wheels-deepspeed/*.whl
+    fi
+    export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    mkdir -p /tmp/data && tar xzf "$PACK/data.tgz" -C /tmp/data
+    export MMR_MINILM_DIR=/tmp/minilm MMR_GLUE_DIR=/tmp/data/glue
+    mkdir -p "$MMR_MINILM_DIR" && cp "$PACK"/minilm/*.json "$PACK"/minilm/vocab.txt "$MMR_MINILM_DIR"
+    python3 - "$PACK/minilm/model.fp16.safetensors" "$MMR_MINILM_DIR/model.safetensors" <<'EOF'
+import sys
+from safetensors.torch import load_file, save_file
+save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])
+EOF
+    python3 -c "import torch, transformers, accelerate, datasets, pyarrow; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow',
+pyarrow.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+}
+
 case "${1:-}" in
 pack)
     grep -qsx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
-    rm -rf "$PACK" && mkdir -p "$PACK/minilm" "$PACK/glue/SST-2" "$PACK/wheels"
-    cp ../shared/data/glue/SST-2/{train,dev}.tsv "$PACK/glue/SST-2/"
+    rm -rf "$PACK" && mkdir -p "$PACK/minilm" "$PACK/wheels" "$PACK/wheels-pyarrow21"
+    tar czf "$PACK/data.tgz" -C ../shared/data glue/SST-2 glue/RTE glue/MRPC banking77
     python - "$PACK/minilm" <<'EOF'
 import os, shutil, sys
 from safetensors.torch import load_file, save_file
@@ -34,33 +67,51 @@ for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_
 weights = load_file(os.path.join(source, "model.safetensors"))
 save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, os.path.join(target, "model.fp16.safetensors"))
 EOF
-    # datasets for the benchmarks; DeepSpeed (a pure wheel, built here from its sdist) and what it needs beyond the
-    # device image for the sharding check
-    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$PACK/wheels" \
-        datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
-        hjson==3.1.0 pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
-    python -m pip wheel -q --no-deps --no-build-isolation -w "$PACK/wheels" deepspeed==0.19.8
+    # datasets for the scripts and benchmarks, and an older one in case the device's pyarrow is older than 24
+    python -m pip download -q --no-deps "${WHEEL_PLATFORMS[@]}" -d "$PACK/wheels" \
+        datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+    python -m pip download -q --no-deps "${WHEEL_PLATFORMS[@]}" -d "$PACK/wheels-pyarrow21" \
+        datasets==4.4.2 dill==0.4.0 multiprocess==0.70.18
     du -sh "$PACK"
     ;;
+pack-deepspeed)
+    mkdir -p "$PACK/wheels-deepspeed"
+    python -m pip download -q --no-deps "${WHEEL_PLATFORMS[@]}" -d "$PACK/wheels-deepspeed" \
+        hjson==3.1.0 pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
+    python -m pip wheel -q --no-deps --no-build-isolation -w "$PACK/wheels-deepspeed" deepspeed==0.19.8  # a pure wheel
+    du -sh "$PACK"
+    ;;
+studies)
+    device_setup studies
+    # many small runs share the GPU: three lanes (BANKING77; RTE and MRPC; SST-2) of STUDY_JOBS runs at a time, each
+    # process on 2 of the 16 cores; no run starts after STOP_STARTING_AFTER s and the lanes stop at STUDY_SECONDS
+    export OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
+    results=docs/results/gpu
+    lane() {
+        timeout -k 5 "${STUDY_SECONDS:-470}" python3 benchmarks/study.py "$@" --results "$results" --work_dir /tmp/study \
+            --jobs "${STUDY_JOBS:-4}" --stop_starting_after "${STOP_STARTING_AFTER:-330}"
+    }
+    # first one capped run per task (4 steps): a study whose setting the device's packages refuse stops here, fast
+    smoke() {
+        python3 benchmarks/study.py "$1" --smoke --results /tmp/smoke --work_dir /tmp/smoke --jobs 3 ||
+            { tail -n 20 /tmp/smoke/"$1"/*/run.log; return 1; }
+    }
+    lanes=()
+    if smoke mmr-banking77; then lane mmr-banking77 & lanes+=($!); fi
+    if smoke mmr-full; then lane mmr-full --only rte mrpc & lanes+=($!); lane mmr-full --only sst2 & lanes+=($!); fi
+    test ${#lanes[@]} -gt 0 || exit 4
+    status=0
+    for lane_pid in "${lanes[@]}"; do wait "$lane_pid" || status=$?; done
+    tar czf "${OUT:-/tmp}/gpu-studies.tgz" "$results"
+    shopt -s nullglob
+    for log in /tmp/study/*/*/run.log; do  # the end of every run that wrote no results (cut off, or failed)
+        run=$(basename "$(dirname "$log")"); study_name=$(basename "$(dirname "$(dirname "$log")")")
+        test -e "$results/$study_name/$run.json" || { echo "== $study_name/$run (no results)"; tail -n 3 "$log"; }
+    done
+    exit "$status"
+    ;;
 run|sharding)
-    test -d "$PACK" || { echo "no $PACK/: run 'bash benchmarks/gpu_check.sh pack' here and carry .gpu" >&2; exit 2; }
-    python3 -c "import datasets, deepspeed" 2>/dev/null || {
-        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$PACK"/wheels/*.whl
-        export PYTHONPATH=/tmp/site
-        python3 -c "import datasets" || { python3 -c "import pyarrow; print('device pyarrow', pyarrow.__version__)"
-            echo "the carried datasets 5.2.0 needs pyarrow>=24: pack a datasets wheel that matches it" >&2; exit 3; }; }
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    export MMR_MINILM_DIR=/tmp/minilm MMR_GLUE_DIR="$PWD/$PACK/glue"
-    mkdir -p "$MMR_MINILM_DIR" && cp "$PACK"/minilm/*.json "$PACK"/minilm/vocab.txt "$MMR_MINILM_DIR"
-    python3 - "$PACK/minilm/model.fp16.safetensors" "$MMR_MINILM_DIR/model.safetensors" <<'EOF'
-import sys
-from safetensors.torch import load_file, save_file
-save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])
-EOF
-    python3 -c "import torch, transformers, accelerate, datasets; print('torch', torch.__version__, 'transformers',
-transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__,
-      torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+    device_setup "$1"
     if [ "$1" = sharding ]; then
         shift  # further arguments go to the script (here: --cpu-dry-run --model auto runs its bf16 check on CPU)
         exec python3 benchmarks/gpu_sharding_check.py --out "${OUT:-/tmp}/sharding.json" "$@"
@@ -72,5 +123,5 @@ transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', data
     tar czf "${OUT:-/tmp}/gpu-tta.tgz" -C "$results" .
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_check.sh pack|run|sharding" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/gpu_check.sh pack|pack-deepspeed|studies|run|sharding" >&2; exit 2 ;;
 esac

@@ -4,12 +4,14 @@
 A run whose results file exists is skipped, so the same command continues an interrupted study. Studies:
 ``mmr-sweep`` (GLUE, MMR alpha, capped runs), ``mmr-full`` (RTE and MRPC at the thesis' length: full training
 sets, 3 epochs, 6 alpha arms, 5 paired seeds), ``mmr-banking77`` (the same arms on BANKING77's 77 intents),
-``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10).
+``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10). Runs use the GPU where there is one (the
+record names the device); ``--jobs`` runs several at a time there (never for timings).
 
     python benchmarks/study.py mmr-sweep --only rte
     python benchmarks/study.py mmr-full --only rte
     python benchmarks/study.py mmr-banking77
     python benchmarks/study.py cifar-selection
+    python benchmarks/study.py mmr-full --results docs/results/gpu --jobs 6 --stop_starting_after 420   # on a GPU
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from common import REPO, SHARED_DATA, SHARED_GLUE as GLUE_DATA, minilm_path, run_resumable, unpack_cifar_jpegs
 
 SEEDS = (1, 2, 3)
+DEVICE = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 # What was capped to fit a 2-core CPU session: the encoder (MiniLM-L6, not BERT-base), epochs, samples.
-COMMON = ["--use_cpu", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+COMMON = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
           "--per_device_eval_batch_size", "64", "--logging_steps", "25"]
 IMAGE_ARMS = {"random": ["--selection", "none"], "mms-k4": ["--selection", "mms", "--selection_ratio", "4"],
               "loss-k4": ["--selection", "loss", "--selection_ratio", "4"]}
@@ -42,8 +47,10 @@ MMR_ARMS = {"baseline": ["--mmr_alpha", "0"], "mmr1e-5": ["--mmr_alpha", "1e-5"]
             "mmr1e-4": ["--mmr_alpha", "1e-4"], "mmr1e-3": ["--mmr_alpha", "1e-3"]}
 # the thesis' GLUE setting (3 epochs, max length 128) on the full training sets; lr 5e-5, not the thesis' 2e-5:
 # MiniLM-L6 at 2e-5 stayed at the majority class on MRPC in the capped sweep
-FULL_LENGTH = ["--num_train_epochs", "3", "--max_seq_length", "128", "--learning_rate", "5e-5", "--selection", "none",
+FULL_LENGTH = ["--max_seq_length", "128", "--learning_rate", "5e-5", "--selection", "none",
                "--margin_diagnostics"]
+# SST-2's 67,349 sentences: one epoch (2,105 steps), what a GPU lease allows for 30 runs (a CPU cannot: ~20 min a run)
+FULL_EPOCHS = {"rte": 3, "mrpc": 3, "sst2": 1}
 # BANKING77 (10,003 train / 3,080 test, 77 intents; test is the evaluation set, nothing is tuned on it): 3 epochs as
 # the thesis' GLUE runs; lr 1e-4 as the 77-way head starts from scratch; texts are short (MiniLM tokens: median 13,
 # 99th percentile 53; max length 64 truncates 0.3% of the training texts); batches grouped by length (Transformers'
@@ -79,11 +86,12 @@ def plan(study: str) -> list[tuple[str, str, str, list[str]]]:
                     runs.append((f"{task}-{arm}-seed{seed}", task, arm, glue_run(task, [
                         *caps, *flags, "--selection", "none", "--eval_strategy", "epoch", "--seed", str(seed)])))
     elif study == "mmr-full":  # seed by seed, so paired comparisons complete as the study goes
-        for task in ("rte", "mrpc"):
+        for task, epochs in FULL_EPOCHS.items():
             for seed in FULL_SEEDS:
                 for arm, flags in FULL_ARMS.items():
                     runs.append((f"{task}-{arm}-seed{seed}", task, arm, glue_run(task, [
-                        *FULL_LENGTH, *flags, "--eval_strategy", "epoch", "--seed", str(seed)])))
+                        *FULL_LENGTH, "--num_train_epochs", str(epochs), *flags, "--eval_strategy", "epoch",
+                        "--seed", str(seed)])))
     elif study == "mmr-banking77":
         for seed in FULL_SEEDS:
             for arm, flags in FULL_ARMS.items():
@@ -121,7 +129,7 @@ def run_script(study: str, name: str, task: str, arm: str, script: str, flags: l
     record = {
         "study": study, "run": name, "task": task, "arm": arm,
         "command": " ".join(["python", f"scripts/{script}", *flags]).replace(os.path.dirname(REPO), ".."),
-        "wall_seconds": time.time() - started,
+        "wall_seconds": time.time() - started, "device": DEVICE,
         "results": json.load(open(os.path.join(out, "all_results.json"))),
         "timeline": json.load(open(os.path.join(out, "eval_timeline.json"))),
         "log_history": json.load(open(os.path.join(out, "trainer_state.json")))["log_history"],
@@ -139,10 +147,26 @@ def main():
     parser.add_argument("--results", default=os.path.join(REPO, "docs", "results"))
     parser.add_argument("--work_dir", default=os.path.join(REPO, "runs", "study"))
     parser.add_argument("--only", nargs="*", help="run only these tasks")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (a GPU has room for several)")
+    parser.add_argument("--stop_starting_after", type=float, help="start no run after this many seconds")
+    parser.add_argument("--smoke", action="store_true", help="one run per task (the last arm of its first seed), "
+                        "capped to 64 samples and 4 steps, into --results/smoke/<study>: a fast check of a machine")
     args = parser.parse_args()
-    run_resumable(os.path.join(args.results, args.study), [
+    runs = [run for run in plan(args.study) if not args.only or run[1] in args.only]
+    results = os.path.join(args.results, args.study)
+    if args.smoke:  # per task, the last arm of its first seed (MMR on where the study has it), capped
+        smoke = {}
+        for name, task, arm, script_and_flags in runs:
+            seed = script_and_flags[script_and_flags.index("--seed") + 1]
+            if smoke.setdefault(task, (seed, None))[0] == seed:
+                smoke[task] = (seed, (name, task, arm, [*script_and_flags, "--max_train_samples", "64",
+                                                         "--max_eval_samples", "64", "--max_steps", "4"]))
+        runs = [run for _, run in smoke.values()]
+        results = os.path.join(args.results, "smoke", args.study)
+    run_resumable(results, [
         (name, functools.partial(run_script, args.study, name, task, arm, script, flags, args.work_dir))
-        for name, task, arm, (script, *flags) in plan(args.study) if not args.only or task in args.only])
+        for name, task, arm, (script, *flags) in runs],
+        jobs=args.jobs, start_before=None if args.stop_starting_after is None else time.time() + args.stop_starting_after)
 
 
 if __name__ == "__main__":
