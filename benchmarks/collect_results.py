@@ -14,6 +14,10 @@ With ``--paired-against ARM``, also each arm's seed-paired difference from that 
 mean, 95% confidence interval, seeds ahead, and two-sided p-values of the paired t-test and the exact sign-flip test.
 
     python benchmarks/collect_results.py docs/results/mmr-banking77 --paired-against alpha0
+
+With ``--geometry``, also the last evaluation's margin diagnostics per arm (mean over seeds; runs recorded with
+``--margin_diagnostics``): minimal margin score quantiles, the share within 0.1 of a boundary, the largest feature
+norm, the mean weight gap ``||W[y] - W[m]||²`` and R's value at evaluation, ``mean gap² · max ||phi||²``.
 """
 
 from __future__ import annotations
@@ -168,6 +172,35 @@ def paired_differences(runs: list[dict], reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+GEOMETRY = (  # (column, value of the last evaluation's diagnostics record)
+    ("median margin", lambda d: d["margin_quantiles"]["q50"]),
+    ("5% margin", lambda d: d["margin_quantiles"]["q5"]),
+    ("within 0.1", lambda d: d["within_epsilon"]["0.1"]),
+    ("max ‖φ‖", lambda d: d["feature_norm_max"]),
+    ("mean ‖W[y]−W[m]‖²", lambda d: d["weight_gap_sq_mean"]),
+    ("R = gap² · max ‖φ‖²", lambda d: d["weight_gap_sq_mean"] * d["feature_norm_sq_max"]),
+)
+
+
+def geometry(runs: list[dict]) -> str:
+    """Per task and arm, the mean over seeds of each :data:`GEOMETRY` value at the run's last evaluation."""
+    lines = []
+    for task in sorted({r["task"] for r in runs}):
+        by_arm = defaultdict(list)
+        for run in runs:
+            if run["task"] == task and run.get("margin_diagnostics"):
+                by_arm[run["arm"]].append(run["margin_diagnostics"][-1])
+        if not by_arm:
+            continue
+        lines += [f"\n**{task.upper()}**: geometry at the last evaluation (mean over seeds)\n",
+                  "| arm | seeds | " + " | ".join(name for name, _ in GEOMETRY) + " |",
+                  "|---|---|" + "---|" * len(GEOMETRY)]
+        for arm, records in sorted(by_arm.items()):
+            values = [statistics.mean(value(d) for d in records) for _, value in GEOMETRY]
+            lines.append(f"| {arm} | {len(records)} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs: list[dict], path: str) -> None:
     """Dev metric against optimizer steps (left) and training seconds (right), a line per run."""
     import matplotlib
@@ -205,6 +238,7 @@ def main():
     parser.add_argument("--plot", help="write a PNG plot here")
     parser.add_argument("--reference", help="arm whose final dev metric is the target of a time-to-target table")
     parser.add_argument("--paired-against", help="arm every other arm is compared with, seed by seed")
+    parser.add_argument("--geometry", action="store_true", help="also the margin diagnostics of each arm's last evaluation")
     args = parser.parse_args()
     runs = load_runs(args.paths)
     if not runs:
@@ -214,6 +248,8 @@ def main():
         text += time_to_reference(runs, args.reference)
     if args.paired_against:
         text += paired_differences(runs, args.paired_against)
+    if args.geometry:
+        text += geometry(runs)
     if args.table:
         with open(args.table, "w") as f:
             f.write(text)

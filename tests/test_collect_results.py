@@ -92,3 +92,22 @@ def test_paired_differences_refuse_a_run_without_a_seed_in_its_name():
     runs = [{"run": "rte-alpha0", "task": "rte", "arm": "alpha0", "results": {"eval_accuracy": 0.5}}]
     with pytest.raises(SystemExit, match="has no seed in its name"):
         collect_results.paired_differences(runs, "alpha0")
+
+
+def test_geometry_averages_each_arms_last_evaluation_over_seeds():
+    def diagnostics(q50, gap, norm_max):
+        return {"margin_quantiles": {"q5": q50 / 10, "q50": q50}, "within_epsilon": {"0.1": q50 / 100},
+                "feature_norm_max": norm_max, "feature_norm_sq_max": norm_max ** 2, "weight_gap_sq_mean": gap}
+
+    def run(arm, seed, records):
+        return {"run": f"rte-{arm}-seed{seed}", "task": "rte", "arm": arm, "results": {}, "margin_diagnostics": records}
+
+    first = diagnostics(99.0, 99.0, 99.0)  # an earlier evaluation: never averaged
+    runs = [run("alpha0", 0, [first, diagnostics(2.0, 0.5, 3.0)]), run("alpha0", 1, [diagnostics(4.0, 0.3, 1.0)]),
+            run("alpha1e-2", 0, [diagnostics(1.0, 0.2, 2.0)]), run("old", 0, [])]  # no diagnostics: left out
+    text = collect_results.geometry(runs)
+    # alpha0: median (2 + 4) / 2, 5% (0.2 + 0.4) / 2, within (0.02 + 0.04) / 2, max ‖φ‖ (3 + 1) / 2,
+    # gap (0.5 + 0.3) / 2, R (0.5·9 + 0.3·1) / 2 = 2.4 (the mean of the products, not the product of the means)
+    assert "| alpha0 | 2 | 3 | 0.3 | 0.03 | 2 | 0.4 | 2.4 |" in text
+    assert "| alpha1e-2 | 1 | 1 | 0.1 | 0.01 | 2 | 0.2 | 0.8 |" in text
+    assert "| old |" not in text and "99" not in text
