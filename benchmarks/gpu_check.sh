@@ -9,6 +9,11 @@
 #     # issue 16's MMR studies (mmr-banking77; mmr-full's RTE and MRPC; its SST-2), in 3 lanes side by side for about
 #     # 8 minutes -> $OUT/gpu-studies.tgz with docs/results/gpu/<study>/<run>.json; unpack it here (tar xzf, from the
 #     # repository root) and commit it: the next call skips the runs it holds
+#   bash benchmarks/gpu_check.sh pack-images     # here, after pack: .gpu-images/ = the CIFAR-10 JPEGs (19 MB), wheels
+#   device run, carry [".gpu-images"], timeout_s 595:
+#     set -o pipefail; bash benchmarks/gpu_check.sh studies-images 2>&1 | tee $OUT/log
+#     # issue 16's CIFAR-10 study (cifar-mmr: ResNet-20, 8,800 steps, MMR ramp vs none, 3 seeds), 6 runs at a time
+#     # -> $OUT/gpu-studies.tgz with docs/results/gpu/cifar-mmr/<run>.json
 #   device run, carry [".gpu"], timeout_s 600:
 #     set -o pipefail; bash benchmarks/gpu_check.sh run 2>&1 | tee $OUT/log
 #     # the SST-2 time-to-accuracy benchmark at one budget: random vs fresh MMS (k=4) vs MMS at k=2, three paired
@@ -26,6 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=.gpu
+if [ "${1:-}" = pack-images ] || [ "${1:-}" = studies-images ]; then PACK=.gpu-images; fi
 WHEEL_PLATFORMS=(--only-binary=:all: --python-version 3.12 --implementation cp
                  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64)
 
@@ -39,13 +45,16 @@ device_setup() {  # wheels the image lacks, the data and the fp32 encoder in /tm
     fi
     export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
     mkdir -p /tmp/data && tar xzf "$PACK/data.tgz" -C /tmp/data
-    export MMR_MINILM_DIR=/tmp/minilm MMR_GLUE_DIR=/tmp/data/glue
-    mkdir -p "$MMR_MINILM_DIR" && cp "$PACK"/minilm/*.json "$PACK"/minilm/vocab.txt "$MMR_MINILM_DIR"
-    python3 - "$PACK/minilm/model.fp16.safetensors" "$MMR_MINILM_DIR/model.safetensors" <<'EOF'
+    export MMR_GLUE_DIR=/tmp/data/glue  # the benchmarks read ../shared/data from its parent, /tmp/data
+    if [ -d "$PACK/minilm" ]; then
+        export MMR_MINILM_DIR=/tmp/minilm
+        mkdir -p "$MMR_MINILM_DIR" && cp "$PACK"/minilm/*.json "$PACK"/minilm/vocab.txt "$MMR_MINILM_DIR"
+        python3 - "$PACK/minilm/model.fp16.safetensors" "$MMR_MINILM_DIR/model.safetensors" <<'EOF'
 import sys
 from safetensors.torch import load_file, save_file
 save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])
 EOF
+    fi
     python3 -c "import torch, transformers, accelerate, datasets, pyarrow; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow',
 pyarrow.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
@@ -72,6 +81,13 @@ EOF
         datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
     python -m pip download -q --no-deps "${WHEEL_PLATFORMS[@]}" -d "$PACK/wheels-pyarrow21" \
         datasets==4.4.2 dill==0.4.0 multiprocess==0.70.18
+    du -sh "$PACK"
+    ;;
+pack-images)
+    grep -qsx '/.gpu-images/' .git/info/exclude || echo '/.gpu-images/' >> .git/info/exclude
+    rm -rf "$PACK" && mkdir -p "$PACK/wheels" "$PACK/wheels-pyarrow21"
+    tar czf "$PACK/data.tgz" -C ../shared/data images/cifar10-jpg
+    cp .gpu/wheels/*.whl "$PACK/wheels" && cp .gpu/wheels-pyarrow21/*.whl "$PACK/wheels-pyarrow21"
     du -sh "$PACK"
     ;;
 pack-deepspeed)
@@ -110,6 +126,17 @@ studies)
     done
     exit "$status"
     ;;
+studies-images)
+    device_setup studies
+    export OMP_NUM_THREADS=2
+    python3 benchmarks/study.py cifar-mmr --smoke --results /tmp/smoke --work_dir /tmp/smoke ||
+        { tail -n 20 /tmp/smoke/cifar-mmr/*/run.log; exit 4; }
+    status=0
+    timeout -k 5 "${STUDY_SECONDS:-470}" python3 benchmarks/study.py cifar-mmr --results docs/results/gpu \
+        --work_dir /tmp/study --jobs "${STUDY_JOBS:-6}" --stop_starting_after "${STOP_STARTING_AFTER:-330}" || status=$?
+    tar czf "${OUT:-/tmp}/gpu-studies.tgz" docs/results/gpu/cifar-mmr
+    exit "$status"
+    ;;
 run|sharding)
     device_setup "$1"
     if [ "$1" = sharding ]; then
@@ -123,5 +150,5 @@ run|sharding)
     tar czf "${OUT:-/tmp}/gpu-tta.tgz" -C "$results" .
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_check.sh pack|pack-deepspeed|studies|run|sharding" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/gpu_check.sh pack|pack-images|pack-deepspeed|studies|studies-images|run|sharding" >&2; exit 2 ;;
 esac

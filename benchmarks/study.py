@@ -4,13 +4,15 @@
 A run whose results file exists is skipped, so the same command continues an interrupted study. Studies:
 ``mmr-sweep`` (GLUE, MMR alpha, capped runs), ``mmr-full`` (RTE and MRPC at the thesis' length: full training
 sets, 3 epochs, 6 alpha arms, 5 paired seeds), ``mmr-banking77`` (the same arms on BANKING77's 77 intents),
-``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10). Runs use the GPU where there is one (the
+``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10), ``cifar-mmr`` (CIFAR-10, ResNet-20, 8,800 steps,
+the MMR ramp against none, 3 paired seeds). Runs use the GPU where there is one (the
 record names the device); ``--jobs`` runs several at a time there (never for timings).
 
     python benchmarks/study.py mmr-sweep --only rte
     python benchmarks/study.py mmr-full --only rte
     python benchmarks/study.py mmr-banking77
     python benchmarks/study.py cifar-selection
+    python benchmarks/study.py cifar-mmr
     python benchmarks/study.py mmr-full --results docs/results/gpu --jobs 6 --stop_starting_after 420   # on a GPU
 """
 
@@ -65,6 +67,11 @@ FULL_ARMS = {"alpha0": ["--mmr_alpha", "0"], "alpha1e-5": ["--mmr_alpha", "1e-5"
              "alpha1e-3": ["--mmr_alpha", "1e-3"], "alpha1e-2": ["--mmr_alpha", "1e-2"],
              "ramp1e-5to1e-3": ["--mmr_alpha", "1e-5", "--mmr_alpha_end", "1e-3", "--mmr_alpha_schedule", "linear"]}
 FULL_SEEDS = (0, 1, 2, 3, 4)
+# CIFAR-10 at a longer schedule: the thesis' early-drop regime (lr 0.1, drops ×0.1 at 56.8%, 62.1%, 67.5% of the
+# steps, batch 64, SGD momentum 0.9, weight decay 1e-4) scaled by 0.2 to 8,800 steps (11 epochs), the full test set
+CIFAR_MMR_ARMS = {"alpha0": ["--mmr_alpha", "0", "--mmr_alpha_end", "0"],
+                  "ramp1e-5to1e-3": ["--mmr_alpha", "1e-5", "--mmr_alpha_end", "1e-3", "--mmr_alpha_schedule", "linear"]}
+CIFAR_MMR_SEEDS = (0, 1, 2)
 SELECTION_ARMS = {"random": ["--selection", "none"],
                   "mms-k4": ["--selection", "mms", "--selection_ratio", "4"]}
 
@@ -112,8 +119,17 @@ def plan(study: str) -> list[tuple[str, str, str, list[str]]]:
                     "--regime", "resnet44-cifar10-early", "--regime_scale", str(600 / 44_000), "--mmr_alpha", "0", "--mmr_alpha_end", "0",
                     "--max_train_samples", "20000", "--max_eval_samples", "2000", "--eval_strategy", "steps",
                     "--eval_steps", "50", "--dataloader_num_workers", "1", *COMMON, *flags, "--seed", str(seed)]))
+    elif study == "cifar-mmr":  # issue 16: ResNet-20 on all 50,000 images, 8,800 steps (600 before), MMR ramp vs none
+        for seed in CIFAR_MMR_SEEDS:
+            for arm, flags in CIFAR_MMR_ARMS.items():
+                runs.append((f"cifar10-{arm}-seed{seed}", "cifar10", arm, [
+                    "run_image.py", "--dataset", "imagefolder", "--data_dir", unpack_cifar_jpegs(), "--model", "resnet20",
+                    "--regime", "resnet44-cifar10-early", "--regime_scale", "0.2", "--selection", "none",
+                    "--eval_strategy", "steps", "--eval_steps", "1100", "--margin_diagnostics",
+                    "--dataloader_num_workers", "2", *COMMON, *flags, "--seed", str(seed)]))
     else:
-        raise SystemExit(f"unknown study {study!r}; choose mmr-sweep, mmr-full, mmr-banking77, mms-vs-random or cifar-selection")
+        raise SystemExit(f"unknown study {study!r}; choose mmr-sweep, mmr-full, mmr-banking77, mms-vs-random, "
+                         "cifar-selection or cifar-mmr")
     return runs
 
 
