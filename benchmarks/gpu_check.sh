@@ -12,8 +12,9 @@
 #   bash benchmarks/gpu_check.sh pack-images     # here, after pack: .gpu-images/ = the CIFAR-10 JPEGs (19 MB), wheels
 #   device run, carry [".gpu-images"], timeout_s 595:
 #     set -o pipefail; bash benchmarks/gpu_check.sh studies-images 2>&1 | tee $OUT/log
-#     # issue 16's CIFAR-10 study (cifar-mmr: ResNet-20, 8,800 steps, MMR ramp vs none, 3 seeds), 6 runs at a time
-#     # -> $OUT/gpu-studies.tgz with docs/results/gpu/cifar-mmr/<run>.json
+#     # issue 16's CIFAR-10 study (cifar-mmr: ResNet-20, 8,800 steps, MMR ramp vs none, 3 seeds), 6 runs at a time,
+#     # beside issue 17's CIFAR-10 active learning (CIFAR_AL below: 7 strategies, 3 seeds, and the full-pool reference)
+#     # -> $OUT/gpu-studies.tgz with docs/results/gpu/cifar-mmr/ and docs/results/active-learning/cifar10*/
 #   device run, carry [".gpu"], timeout_s 600:
 #     set -o pipefail; bash benchmarks/gpu_check.sh run 2>&1 | tee $OUT/log
 #     # the SST-2 time-to-accuracy benchmark at one budget: random vs fresh MMS (k=4) vs MMS at k=2, three paired
@@ -32,6 +33,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=.gpu
 if [ "${1:-}" = pack-images ] || [ "${1:-}" = studies-images ]; then PACK=.gpu-images; fi
+# issue 17's CIFAR-10 active-learning study, fixed before it ran (docs/ACTIVE_LEARNING.md): all 50,000 training
+# JPEGs as the pool, all 10,000 test JPEGs, 1,000 random labels then 5 rounds of 1,000, a fresh ResNet-20 per round
+CIFAR_AL="--image_model resnet20 --initial_labels 1000 --query_size 1000 --rounds 5 --max_steps 2000 --batch_size 128
+          --eval_batch_size 500"
+CIFAR_AL_STRATEGIES="mms mms_diverse breaking_ties breaking_ties_diverse entropy least_confidence random"
 WHEEL_PLATFORMS=(--only-binary=:all: --python-version 3.12 --implementation cp
                  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64)
 
@@ -103,6 +109,7 @@ studies)
     # process on 2 of the 16 cores; no run starts after STOP_STARTING_AFTER s and the lanes stop at STUDY_SECONDS
     export OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
     results=docs/results/gpu
+    mkdir -p "$results/mmr-banking77" "$results/mmr-full"
     lane() {
         timeout -k 5 "${STUDY_SECONDS:-470}" python3 benchmarks/study.py "$@" --results "$results" --work_dir /tmp/study \
             --jobs "${STUDY_JOBS:-4}" --stop_starting_after "${STOP_STARTING_AFTER:-330}"
@@ -131,10 +138,24 @@ studies-images)
     export OMP_NUM_THREADS=2
     python3 benchmarks/study.py cifar-mmr --smoke --results /tmp/smoke --work_dir /tmp/smoke ||
         { tail -n 20 /tmp/smoke/cifar-mmr/*/run.log; exit 4; }
+    jpegs=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import common; print(common.unpack_cifar_jpegs())")
+    seconds=${STUDY_SECONDS:-470}
+    mkdir -p docs/results/gpu/cifar-mmr docs/results/active-learning/cifar10 docs/results/active-learning/cifar10-full-pool
     status=0
-    timeout -k 5 "${STUDY_SECONDS:-470}" python3 benchmarks/study.py cifar-mmr --results docs/results/gpu \
-        --work_dir /tmp/study --jobs "${STUDY_JOBS:-6}" --stop_starting_after "${STOP_STARTING_AFTER:-330}" || status=$?
-    tar czf "${OUT:-/tmp}/gpu-studies.tgz" docs/results/gpu/cifar-mmr
+    timeout -k 5 "$seconds" python3 benchmarks/study.py cifar-mmr --results docs/results/gpu \
+        --work_dir /tmp/study --jobs "${STUDY_JOBS:-6}" --stop_starting_after "${STOP_STARTING_AFTER:-330}" & lanes=($!)
+    # issue 17's image study (docs/ACTIVE_LEARNING.md): one process per strategy, seeds in turn, resumable per round
+    for strategy in $CIFAR_AL_STRATEGIES; do
+        timeout -k 5 "$seconds" python3 scripts/run_active_learning.py --images --data_dir "$jpegs" $CIFAR_AL \
+            --strategy "$strategy" --seed 0 1 2 --output_dir docs/results/active-learning/cifar10 > "/tmp/al-$strategy.log" 2>&1 &
+        lanes+=($!)
+    done
+    timeout -k 5 "$seconds" python3 scripts/run_active_learning.py --images --data_dir "$jpegs" $CIFAR_AL \
+        --strategy random --seed 0 1 2 --initial_labels 50000 --rounds 0 \
+        --output_dir docs/results/active-learning/cifar10-full-pool > /tmp/al-full-pool.log 2>&1 & lanes+=($!)
+    for lane_pid in "${lanes[@]}"; do wait "$lane_pid" || status=$?; done
+    tail -n 3 /tmp/al-*.log
+    tar czf "${OUT:-/tmp}/gpu-studies.tgz" docs/results/gpu/cifar-mmr docs/results/active-learning/cifar10*
     exit "$status"
     ;;
 run|sharding)

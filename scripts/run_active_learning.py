@@ -1,15 +1,25 @@
 #!/usr/bin/env python
-"""Pool-based active learning for text classification with a local CSV/TSV data set and a local pretrained encoder.
+"""Pool-based active learning for classification: a local CSV/TSV text data set with a local pretrained encoder, or
+a folder of images (``--images``) with a CIFAR ResNet trained from scratch.
 
     python scripts/run_active_learning.py --data_dir ../shared/data/banking77 --model_name_or_path ./model \\
         --strategy mms breaking_ties random --seed 0 1 2 --initial_labels 100 --query_size 100 --rounds 10 \\
         --output_dir runs/active-learning/banking77
+    python scripts/run_active_learning.py --images --data_dir runs/data/cifar10-jpg --image_model resnet20 \\
+        --strategy mms mms_diverse breaking_ties random --initial_labels 1000 --query_size 1000 --rounds 4 \\
+        --max_steps 2000 --output_dir runs/active-learning/cifar10
 
 Each (strategy, seed) run: label a random seed set of ``--initial_labels`` rows of the train file (round 0; the same
 rows for every strategy of a seed), then ``--rounds`` times: the latest model chooses ``--query_size`` of the still
 unlabelled rows (``select_for_labeling``), they are labelled from the file's held labels, and a fresh model is
 trained from the pretrained encoder on all labels so far (``MMRTrainer`` with ``mmr_alpha=0`` and no selection,
 that is plain fine-tuning, for a fixed number of epochs or steps) and evaluated on the test file.
+
+With ``--images`` the data folder holds ``train/`` and ``test/`` (or ``val/``) folders of class folders (torchvision's
+ImageFolder, e.g. the CIFAR-10 JPEGs): each round trains a fresh ``--image_model`` (default ``resnet20``, initialised
+by the seed) from scratch on the labelled images (random crop and flip; SGD with Nesterov momentum 0.9, weight decay
+5e-4 and a cosine learning rate from 0.1 by default), and the query scores the unlabelled images without
+augmentation.
 
 With ``--frozen_encoder`` the encoder is not trained: the sentence embeddings of every pool and test text (mean
 pooling, L2-normalised, as all-MiniLM-L6-v2 was trained; see ``mmr_transformers.recipes.frozen_probe``) are computed
@@ -44,9 +54,13 @@ from mmr_transformers.recipes.frozen_probe import (
     SMALL_TEXT_ARMS, FeatureDataset, ProbeClassifier, cache_key, cached_embeddings, probe_accuracy,
     sentence_embeddings, small_text_strategy, train_probe,
 )
+from mmr_transformers.recipes.image_data import ImageDataset, load_image_datasets
 from mmr_transformers.recipes.runner import accuracy
+from mmr_transformers.recipes.vision import CIFAR_MODELS, build_model
 
 SUBSET_SEED = 42  # --max_pool_samples / --max_test_samples draw the same rows for every run
+# defaults that depend on the data: (text, --images)
+MODE_DEFAULTS = {"learning_rate": (5e-5, 0.1), "batch_size": (16, 64), "weight_decay": (0.0, 5e-4)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", required=True, help="folder holding train.csv and test.csv (or .tsv)")
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--label_column", default="category", help="class names or ids (BANKING77: category)")
-    parser.add_argument("--model_name_or_path", required=True, help="a local pretrained encoder (with its tokenizer)")
+    parser.add_argument("--model_name_or_path", help="a local pretrained encoder (with its tokenizer); text only")
+    parser.add_argument("--images", action="store_true", help="--data_dir holds train/ and test/ folders of class "
+                        "folders of images; each round trains --image_model from scratch")
+    parser.add_argument("--image_model", default="resnet20", choices=sorted(CIFAR_MODELS), help="with --images")
     parser.add_argument("--output_dir", required=True, help="one JSON per (strategy, seed) run is written here")
     parser.add_argument("--strategy", nargs="+", default=["mms", "random"],
                         choices=sorted(QUERY_STRATEGIES) + sorted(SMALL_TEXT_ARMS),
@@ -67,8 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_test_samples", type=int, help="evaluate on a fixed random subset of the test rows")
     parser.add_argument("--num_train_epochs", type=float, default=10.0)
     parser.add_argument("--max_steps", type=int, default=-1, help="optimizer steps per round (overrides the epochs)")
-    parser.add_argument("--learning_rate", type=float, default=5e-5)
-    parser.add_argument("--batch_size", type=int, default=16, help="training batch size")
+    parser.add_argument("--learning_rate", type=float, help="default 5e-5 (AdamW, text), 0.1 (SGD, --images)")
+    parser.add_argument("--batch_size", type=int, help="training batch size (default 16, --images 64)")
+    parser.add_argument("--weight_decay", type=float, help="default 0 (text), 5e-4 (--images)")
     parser.add_argument("--eval_batch_size", type=int, default=128, help="batch size of evaluation and of the query")
     parser.add_argument("--max_length", type=int, default=64, help="tokens per text after truncation")
     parser.add_argument("--use_cpu", action="store_true", help="train on the CPU even where a GPU is available")
@@ -81,6 +99,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedding_cache", help="where --frozen_encoder caches the embeddings "
                                                   "(default: <output_dir>/embeddings.pt)")
     args = parser.parse_args(argv)
+    for name, defaults in MODE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[args.images])
+    if args.images and args.frozen_encoder:
+        parser.error("--frozen_encoder embeds texts with a pretrained encoder; with --images each round trains "
+                     "--image_model from scratch: drop one of the two.")
+    if not args.images and not args.model_name_or_path:
+        parser.error("text data needs --model_name_or_path (a local pretrained encoder); for a folder of images "
+                     "add --images.")
+    if not args.images:
+        args.image_model = None  # not a setting of a text run
     for flag in ("initial_labels", "query_size", "max_pool_samples", "max_test_samples", "batch_size",
                  "eval_batch_size", "max_length"):
         value = getattr(args, flag)
@@ -144,6 +173,8 @@ def load_data(args: argparse.Namespace) -> dict:
     """The pool (the train rows, with the train file's row number of each), the test rows and their labels, as
     what the mode trains on: tokenized datasets (fine-tuning) or cached embeddings (``--frozen_encoder``). Also
     ``pool_inputs`` (the pool as the query sees it: no labels) and the query's ``collate_fn``."""
+    if args.images:
+        return load_images(args)
     train_path, test_path = split_file(args.data_dir, "train"), split_file(args.data_dir, "test")
     train_texts, train_labels = read_examples(train_path, args.text_column, args.label_column)
     test_texts, test_labels = read_examples(test_path, args.text_column, args.label_column)
@@ -156,10 +187,7 @@ def load_data(args: argparse.Namespace) -> dict:
     ids = {name: i for i, name in enumerate(names)}
     pool_rows = subset_rows(len(train_texts), args.max_pool_samples)
     test_rows = subset_rows(len(test_texts), args.max_test_samples)
-    needed = args.initial_labels + args.rounds * args.query_size
-    if needed > len(pool_rows):
-        raise SystemExit(f"--initial_labels {args.initial_labels} + --rounds {args.rounds} x --query_size "
-                         f"{args.query_size} = {needed} labels, but the pool holds {len(pool_rows)} rows: ask for fewer.")
+    check_budget(args, len(pool_rows))
     texts = {"pool": [train_texts[i] for i in pool_rows], "test": [test_texts[i] for i in test_rows]}
     labels = {"pool": [ids[train_labels[i]] for i in pool_rows], "test": [ids[test_labels[i]] for i in test_rows]}
     data = {"pool_rows": pool_rows.tolist(), "label_names": names, "pool_labels": np.array(labels["pool"])}
@@ -178,6 +206,52 @@ def load_data(args: argparse.Namespace) -> dict:
     data.update(pool=tokenized("pool"), test=tokenized("test"), collate_fn=DataCollatorWithPadding(tokenizer))
     data["pool_inputs"] = data["pool"].remove_columns("labels")  # the held labels never reach the query
     return data
+
+
+def check_budget(args: argparse.Namespace, pool_size: int) -> None:
+    needed = args.initial_labels + args.rounds * args.query_size
+    if needed > pool_size:
+        raise SystemExit(f"--initial_labels {args.initial_labels} + --rounds {args.rounds} x --query_size "
+                         f"{args.query_size} = {needed} labels, but the pool holds {pool_size} rows: ask for fewer.")
+
+
+class PixelsOnly(torch.utils.data.Dataset):
+    """The images of an :class:`ImageDataset` without their labels: the pool as the query sees it."""
+
+    def __init__(self, images: ImageDataset):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.images[i]["pixel_values"]}
+
+
+def load_images(args: argparse.Namespace) -> dict:
+    """:func:`load_data` for ``--images``: the pool with the training augmentation (to train on), the same rows
+    without augmentation and labels (to query), the test rows without augmentation."""
+    try:
+        train, test, _ = load_image_datasets("imagefolder", args.data_dir)
+    except ValueError as error:
+        raise SystemExit(f"--images --data_dir {args.data_dir}: {error}") from None
+    pool_rows = subset_rows(len(train.source), args.max_pool_samples).tolist()
+    test_rows = subset_rows(len(test.source), args.max_test_samples).tolist()
+    if test.source.classes != train.source.classes:
+        raise SystemExit(f"--data_dir {args.data_dir}: the test classes {test.source.classes} are not the train "
+                         f"classes {train.source.classes}; give both splits the same class folders.")
+    check_budget(args, len(pool_rows))
+    query_view = ImageDataset(train.source, test.transform, pool_rows)  # no augmentation
+    return {"pool_rows": pool_rows, "label_names": train.source.classes,
+            "pool_labels": np.array(train.source.targets)[pool_rows],
+            "pool": ImageDataset(train.source, train.transform, pool_rows),
+            "test": ImageDataset(test.source, test.transform, test_rows),
+            "pool_inputs": PixelsOnly(query_view), "collate_fn": None}
+
+
+def rows_of(dataset, positions: list[int]):
+    """The rows at ``positions`` of a ``datasets.Dataset`` or of a map-style torch dataset."""
+    return dataset.select(positions) if hasattr(dataset, "select") else torch.utils.data.Subset(dataset, positions)
 
 
 def embed_texts(args: argparse.Namespace, tokenizer, texts: dict[str, list[str]]) -> dict[str, torch.Tensor]:
@@ -214,18 +288,25 @@ def train_round(args: argparse.Namespace, data: dict, labelled: list[int], seed:
         return probe, probe_accuracy(probe, *test), time.perf_counter() - started
     set_seed(seed)
     names = data["label_names"]
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={name: i for i, name in enumerate(names)})
+    if args.images:  # from scratch: SGD with Nesterov momentum and a cosine schedule
+        model = build_model(args.image_model, len(names))
+        mode = {"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True})}
+        mode_args = {"lr_scheduler_type": "cosine", "remove_unused_columns": False}
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)})
+        mode, mode_args = {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         training_args = MMRTrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=args.batch_size,
             per_device_eval_batch_size=args.eval_batch_size, num_train_epochs=args.num_train_epochs,
-            max_steps=args.max_steps, learning_rate=args.learning_rate, seed=seed, mmr_alpha=0.0, selection="none",
-            save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=args.use_cpu,
+            max_steps=args.max_steps, learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=seed,
+            mmr_alpha=0.0, selection="none", save_strategy="no", logging_strategy="no", report_to=[],
+            disable_tqdm=True, use_cpu=args.use_cpu, **mode_args,
         )
-        trainer = MMRTrainer(model=model, args=training_args, train_dataset=data["pool"].select(labelled),
-                             data_collator=data["collate_fn"], compute_metrics=accuracy)
+        trainer = MMRTrainer(model=model, args=training_args, train_dataset=rows_of(data["pool"], labelled),
+                             data_collator=data["collate_fn"], compute_metrics=accuracy, **mode)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
@@ -246,14 +327,17 @@ def query(args: argparse.Namespace, data: dict, model, strategy: str, labelled: 
         chosen = small_text_strategy(strategy).query(ProbeClassifier(model), data["pool"][0].numpy(), np.array(unlabelled),
                                                      np.array(labelled), data["pool_labels"][labelled], n=size)
         return [int(i) for i in chosen]
-    chosen = select_for_labeling(model, data["pool_inputs"].select(unlabelled), size, strategy,
+    chosen = select_for_labeling(model, rows_of(data["pool_inputs"], unlabelled), size, strategy,
                                  collate_fn=data["collate_fn"], batch_size=args.eval_batch_size, seed=seed)
     return [unlabelled[i] for i in chosen]
 
 
 SETTINGS = ("data_dir", "text_column", "label_column", "model_name_or_path", "initial_labels", "query_size",
             "max_pool_samples", "max_test_samples", "num_train_epochs", "max_steps", "learning_rate", "batch_size",
-            "max_length", "frozen_encoder", "probe_epochs", "probe_learning_rate", "probe_weight_decay")
+            "max_length", "frozen_encoder", "probe_epochs", "probe_learning_rate", "probe_weight_decay", "images",
+            "image_model", "weight_decay")
+# settings added after runs were stored: what those runs used
+STORED_BEFORE = {"images": False, "image_model": None, "weight_decay": 0.0}
 
 
 def load_record(path: str, args: argparse.Namespace, strategy: str, seed: int, data: dict) -> dict:
@@ -266,7 +350,8 @@ def load_record(path: str, args: argparse.Namespace, strategy: str, seed: int, d
     with open(path) as f:
         record = json.load(f)
     stored = record["settings"]
-    changed = [f"--{name} {stored.get(name)}" for name in SETTINGS if stored.get(name) != settings[name]]
+    changed = [f"--{name} {stored.get(name, STORED_BEFORE.get(name))}" for name in SETTINGS
+               if stored.get(name, STORED_BEFORE.get(name)) != settings[name]]
     if changed:
         raise SystemExit(f"{path} was run with other settings ({', '.join(changed)}); rerun with those to continue "
                          f"it, or pass another --output_dir to start a new run.")

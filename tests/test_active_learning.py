@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -456,3 +457,107 @@ def test_the_goal_counts_a_strategy_as_beaten_only_with_fewer_labels_on_average_
     row = next(line for line in text.splitlines() if line.startswith("| mms | breaking_ties |"))
     assert float(row.split("|")[3].split()[0]) < 1 and row.endswith("| 1/3 |")
     assert "fewer labels than 0 of 1 probability-based strategies: not ['breaking_ties']" in text
+
+
+# ---- scripts/run_active_learning.py --images: a folder of images, a CIFAR ResNet trained from scratch each round ----
+
+COLOURS = {"blue": (0, 0, 1), "green": (0, 1, 0), "red": (1, 0, 0)}
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """train/ (8 per class) and test/ (3 per class) folders of 32×32 PNGs: a class colour under seeded noise."""
+    from PIL import Image
+
+    path, rng = tmp_path_factory.mktemp("images"), np.random.default_rng(0)
+    for split, size in (("train", 8), ("test", 3)):
+        for name, colour in COLOURS.items():
+            os.makedirs(path / split / name)
+            for i in range(size):
+                pixels = np.clip(0.5 * np.array(colour) + 0.5 * rng.random((32, 32, 3)), 0, 1)
+                Image.fromarray((255 * pixels).astype("uint8")).save(path / split / name / f"{i}.png")
+    return str(path)
+
+
+def image_argv(image_dir, output_dir, *extra):
+    return ["--images", "--data_dir", image_dir, "--output_dir", output_dir, "--use_cpu", "--initial_labels", "6",
+            "--query_size", "5", "--max_steps", "4", "--batch_size", "4", "--eval_batch_size", "5", *extra]
+
+
+def folder_images(image_dir, split):
+    """Every image of ``split`` as the query and the evaluation see it (no augmentation), with its class index."""
+    from torchvision.datasets import ImageFolder
+
+    from mmr_transformers.recipes.image_data import image_transforms
+
+    folder = ImageFolder(os.path.join(image_dir, split), transform=image_transforms(False, 32, "cifar10"))
+    return torch.stack([image for image, _ in folder]), np.array(folder.targets)
+
+
+def test_the_image_loop_trains_a_resnet_per_round_and_labels_the_smallest_margins_of_the_unaugmented_pool(
+        image_dir, tmp_path, trained):
+    records = run_active_learning.main(image_argv(image_dir, str(tmp_path / "al"), "--strategy", "mms", "random",
+                                                  "--seed", "2", "--rounds", "2"))
+    pool, _ = folder_images(image_dir, "train")
+    test, test_labels = folder_images(image_dir, "test")
+    assert len(trained) == 6 and [r["strategy"] for r in records] == ["mms", "random"]
+    for record, models in zip(records, (trained[:3], trained[3:])):
+        rounds = record["rounds"]
+        assert [r["labels_spent"] for r in rounds] == [6, 11, 16] and record["num_classes"] == 3
+        assert rounds[0]["labelled"] == np.random.default_rng(2).choice(24, 6, replace=False).tolist()
+        assert record["settings"]["learning_rate"] == 0.1 and record["settings"]["image_model"] == "resnet20"
+        for number, (model, accuracy, _) in enumerate(models):
+            assert type(model.network).__name__ == "CifarResNet" and len(model.network.layers) == 9  # ResNet-20
+            model.eval()
+            with torch.no_grad():
+                test_logits, pool_logits = model(test).logits.double().numpy(), model(pool).logits.double().numpy()
+            assert rounds[number]["test_accuracy"] == pytest.approx(np.mean(test_logits.argmax(1) == test_labels))
+            done = {row for r in rounds[: number + 1] for row in r["labelled"]}
+            unlabelled = [i for i in range(24) if i not in done]
+            if record["strategy"] == "mms":
+                margins = brute_force_mms(pool_logits[unlabelled], model.network.fc.weight.detach().numpy())
+                order = np.argsort(margins)[:5]
+            else:
+                order = np.argsort(torch.rand(len(unlabelled), generator=torch.Generator().manual_seed(2000 + number)).numpy())[:5]
+            chosen = rounds[number + 1]["labelled"] if number < 2 else record["next_query"]
+            assert chosen == [unlabelled[i] for i in order]
+
+
+def test_an_image_run_resumes_and_text_runs_stored_before_the_image_settings_still_resume(image_dir, tmp_path,
+                                                                                           trained, data_dir, model_dir):
+    output = str(tmp_path / "al")
+    first = run_active_learning.main(image_argv(image_dir, output, "--strategy", "mms_diverse", "--rounds", "1"))[0]
+    second = run_active_learning.main(image_argv(image_dir, output, "--strategy", "mms_diverse", "--rounds", "2"))[0]
+    assert len(trained) == 3 and second["rounds"][:2] == first["rounds"]
+    assert second["rounds"][2]["labelled"] == first["next_query"]
+    text_output = str(tmp_path / "text")
+    run_active_learning.main(script_argv(data_dir, model_dir, text_output, "--strategy", "random", "--rounds", "0"))
+    path = os.path.join(text_output, "random-seed0.json")
+    stored = json.load(open(path))
+    for name in ("images", "image_model", "weight_decay"):  # as a run written before these settings existed
+        del stored["settings"][name]
+    json.dump(stored, open(path, "w"))
+    resumed = run_active_learning.main(script_argv(data_dir, model_dir, text_output, "--strategy", "random",
+                                                   "--rounds", "1"))[0]
+    assert len(resumed["rounds"]) == 2 and resumed["rounds"][0] == stored["rounds"][0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--frozen_encoder"], "--frozen_encoder embeds texts.*drop one of the two"),
+    (["--strategy", "smalltext_breaking_ties"], "small-text's strategies run on the frozen encoder's probe only"),
+    (["--rounds", "4"], r"6 \+ --rounds 4 x --query_size 5 = 26 labels, but the pool holds 24 rows"),
+])
+def test_the_image_loop_refuses_bad_settings_before_training(image_dir, tmp_path, trained, capsys, extra, message):
+    with pytest.raises(SystemExit) as raised:
+        run_active_learning.main(image_argv(image_dir, str(tmp_path / "al"), *extra))
+    assert re.search(message, str(raised.value) + capsys.readouterr().err) and not trained
+
+
+def test_the_image_loop_refuses_a_folder_without_splits_and_text_without_an_encoder(image_dir, data_dir, tmp_path,
+                                                                                     trained, capsys):
+    with pytest.raises(SystemExit, match=r"--images --data_dir .*needs a 'train' folder of class folders"):
+        run_active_learning.main(image_argv(os.path.join(image_dir, "train"), str(tmp_path / "al")))
+    with pytest.raises(SystemExit):
+        run_active_learning.main(["--data_dir", data_dir, "--output_dir", str(tmp_path / "al")])
+    assert "text data needs --model_name_or_path (a local pretrained encoder); for a folder of images add --images" \
+        in capsys.readouterr().err and not trained
