@@ -65,7 +65,8 @@ MODE_DEFAULTS = {"learning_rate": (5e-5, 0.1), "batch_size": (16, 64), "weight_d
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="folder holding train.csv and test.csv (or .tsv)")
+    parser.add_argument("--data_dir", required=True, help="folder holding train.csv and test.csv (or .tsv); with "
+                        "--images, train/ and test/ folders of class folders")
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--label_column", default="category", help="class names or ids (BANKING77: category)")
     parser.add_argument("--model_name_or_path", help="a local pretrained encoder (with its tokenizer); text only")

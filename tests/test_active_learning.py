@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -557,6 +558,11 @@ def test_the_image_loop_refuses_a_folder_without_splits_and_text_without_an_enco
                                                                                      trained, capsys):
     with pytest.raises(SystemExit, match=r"--images --data_dir .*needs a 'train' folder of class folders"):
         run_active_learning.main(image_argv(os.path.join(image_dir, "train"), str(tmp_path / "al")))
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(image_dir, mismatched)
+    os.rename(mismatched / "test" / "red", mismatched / "test" / "rose")
+    with pytest.raises(SystemExit, match=r"the test classes \['blue', 'green', 'rose'\] are not the train classes"):
+        run_active_learning.main(image_argv(str(mismatched), str(tmp_path / "al")))
     with pytest.raises(SystemExit):
         run_active_learning.main(["--data_dir", data_dir, "--output_dir", str(tmp_path / "al")])
     assert "text data needs --model_name_or_path (a local pretrained encoder); for a folder of images add --images" \
