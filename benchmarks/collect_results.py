@@ -15,7 +15,7 @@ mean, 95% confidence interval, seeds ahead, and two-sided p-values of the paired
 
     python benchmarks/collect_results.py docs/results/mmr-banking77 --paired-against alpha0
 
-With ``--geometry``, also the last evaluation's margin diagnostics per arm (mean over seeds; runs recorded with
+With ``--geometry``, also the last evaluation's margin diagnostics per arm (mean over the seeds all arms have; runs with
 ``--margin_diagnostics``): minimal margin score quantiles, the share within 0.1 of a boundary, the largest feature
 norm, the mean weight gap ``||W[y] - W[m]||²`` and R's value at evaluation, ``mean gap² · max ||phi||²``.
 """
@@ -183,16 +183,20 @@ GEOMETRY = (  # (column, value of the last evaluation's diagnostics record)
 
 
 def geometry(runs: list[dict]) -> str:
-    """Per task and arm, the mean over seeds of each :data:`GEOMETRY` value at the run's last evaluation."""
+    """Per task and arm, the mean of each :data:`GEOMETRY` value at the run's last evaluation over the seeds that
+    every arm of the task has (so arms are compared on the same seeds)."""
     lines = []
     for task in sorted({r["task"] for r in runs}):
-        by_arm = defaultdict(list)
+        by_arm = defaultdict(dict)
         for run in runs:
             if run["task"] == task and run.get("margin_diagnostics"):
-                by_arm[run["arm"]].append(run["margin_diagnostics"][-1])
+                by_arm[run["arm"]][seed_of(run)] = run["margin_diagnostics"][-1]
         if not by_arm:
             continue
-        lines += [f"\n**{task.upper()}**: geometry at the last evaluation (mean over seeds)\n",
+        shared = set.intersection(*(set(seeds) for seeds in by_arm.values()))
+        by_arm = {arm: [seeds[s] for s in sorted(shared)] for arm, seeds in by_arm.items()}
+        lines += [f"\n**{task.upper()}**: geometry at the last evaluation (mean over the {len(shared)} seeds every "
+                  "arm has)\n",
                   "| arm | seeds | " + " | ".join(name for name, _ in GEOMETRY) + " |",
                   "|---|---|" + "---|" * len(GEOMETRY)]
         for arm, records in sorted(by_arm.items()):

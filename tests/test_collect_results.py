@@ -104,10 +104,14 @@ def test_geometry_averages_each_arms_last_evaluation_over_seeds():
 
     first = diagnostics(99.0, 99.0, 99.0)  # an earlier evaluation: never averaged
     runs = [run("alpha0", 0, [first, diagnostics(2.0, 0.5, 3.0)]), run("alpha0", 1, [diagnostics(4.0, 0.3, 1.0)]),
-            run("alpha1e-2", 0, [diagnostics(1.0, 0.2, 2.0)]), run("old", 0, [])]  # no diagnostics: left out
+            run("alpha1e-2", 0, [diagnostics(1.0, 0.2, 2.0)]), run("alpha1e-2", 1, [diagnostics(3.0, 0.4, 4.0)]),
+            run("alpha0", 2, [diagnostics(99.0, 99.0, 99.0)]),  # a seed the other arm lacks: left out
+            run("old", 0, [])]  # no diagnostics: left out
     text = collect_results.geometry(runs)
+    assert "mean over the 2 seeds every arm has" in text
     # alpha0: median (2 + 4) / 2, 5% (0.2 + 0.4) / 2, within (0.02 + 0.04) / 2, max ‖φ‖ (3 + 1) / 2,
     # gap (0.5 + 0.3) / 2, R (0.5·9 + 0.3·1) / 2 = 2.4 (the mean of the products, not the product of the means)
     assert "| alpha0 | 2 | 3 | 0.3 | 0.03 | 2 | 0.4 | 2.4 |" in text
-    assert "| alpha1e-2 | 1 | 1 | 0.1 | 0.01 | 2 | 0.2 | 0.8 |" in text
+    # alpha1e-2: R (0.2·4 + 0.4·16) / 2 = 3.6
+    assert "| alpha1e-2 | 2 | 2 | 0.2 | 0.02 | 3 | 0.3 | 3.6 |" in text
     assert "| old |" not in text and "99" not in text
