@@ -22,6 +22,7 @@ import argparse
 import functools
 import glob
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -317,13 +318,13 @@ def spread(values: list[float]) -> dict:
 
 def random_targets(random_arm: dict) -> tuple[float, ...]:
     """Targets from random's own curve: its median accuracy at the budget nearest a quarter of its largest budget
-    (log scale), and at its largest budget."""
+    (log scale), and at its largest budget, rounded down to 4 decimals (so the median seed reaches its own target)."""
     budgets = sorted({b for runs in random_arm.values() for b in runs})
     if not budgets:
         raise SystemExit("this workload's targets come from the random arm's runs; run the random arm first.")
     quarter = min(budgets, key=lambda b: abs(np.log(b / (budgets[-1] / 4))))
     median = lambda b: statistics.median(runs[b]["accuracy"] for runs in random_arm.values() if b in runs)
-    return tuple(sorted({round(median(quarter), 4), round(median(budgets[-1]), 4)}))
+    return tuple(sorted({math.floor(median(b) * 1e4 + 1e-9) / 1e4 for b in (quarter, budgets[-1])}))
 
 
 def report(args):

@@ -169,6 +169,8 @@ def test_targets_from_randoms_curve_are_its_medians_at_a_quarter_of_the_largest_
                   1: {b: {"accuracy": a} for b, a in ((100, 0.60), (200, 0.72), (400, 0.82), (800, 0.86))},
                   2: {b: {"accuracy": a} for b, a in ((100, 0.40), (200, 0.74), (400, 0.84), (800, 0.88))}}
     assert tta.random_targets(random_arm) == (0.72, 0.88)  # 800 / 4 = 200 s; medians over the three seeds
+    random_arm[1][800]["accuracy"], random_arm[2][800]["accuracy"] = 2053 / 3080, 0.60  # median 0.666558...:
+    assert tta.random_targets(random_arm) == (0.6665, 0.72)  # rounding would give 0.6666, which the median seed misses
     with pytest.raises(SystemExit, match="run the random arm first"):
         tta.random_targets({})
 
