@@ -14,7 +14,8 @@
 #     set -o pipefail; bash benchmarks/gpu_check.sh studies-images 2>&1 | tee $OUT/log
 #     # issue 16's CIFAR-10 study (cifar-mmr: ResNet-20, 8,800 steps, MMR ramp vs none, 3 seeds), 6 runs at a time,
 #     # beside issue 17's CIFAR-10 active learning (CIFAR_AL below: 7 strategies, 3 seeds, and the full-pool reference)
-#     # -> $OUT/gpu-studies.tgz with docs/results/gpu/cifar-mmr/ and docs/results/active-learning/cifar10*/
+#     # -> $OUT/gpu-studies.tgz with the folders cifar-mmr (in docs/results/gpu) and cifar10, cifar10-full-pool
+#     # (in docs/results/active-learning)
 #   device run, carry [".gpu"], timeout_s 600:
 #     set -o pipefail; bash benchmarks/gpu_check.sh run 2>&1 | tee $OUT/log
 #     # the SST-2 time-to-accuracy benchmark at one budget: random vs fresh MMS (k=4) vs MMS at k=2, three paired
