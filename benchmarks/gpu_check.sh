@@ -67,6 +67,11 @@ transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', data
 pyarrow.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 }
 
+smoke() {  # one capped run per task of study $1 (4 steps): a setting the device's packages refuse fails here, fast
+    python3 benchmarks/study.py "$1" --smoke --results /tmp/smoke --work_dir /tmp/smoke --jobs 3 ||
+        { tail -n 20 /tmp/smoke/"$1"/*/run.log; return 1; }
+}
+
 case "${1:-}" in
 pack)
     grep -qsx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
@@ -115,11 +120,6 @@ studies)
         timeout -k 5 "${STUDY_SECONDS:-470}" python3 benchmarks/study.py "$@" --results "$results" --work_dir /tmp/study \
             --jobs "${STUDY_JOBS:-4}" --stop_starting_after "${STOP_STARTING_AFTER:-330}"
     }
-    # first one capped run per task (4 steps): a study whose setting the device's packages refuse stops here, fast
-    smoke() {
-        python3 benchmarks/study.py "$1" --smoke --results /tmp/smoke --work_dir /tmp/smoke --jobs 3 ||
-            { tail -n 20 /tmp/smoke/"$1"/*/run.log; return 1; }
-    }
     lanes=()
     if smoke mmr-banking77; then lane mmr-banking77 & lanes+=($!); fi
     if smoke mmr-full; then lane mmr-full --only rte mrpc & lanes+=($!); lane mmr-full --only sst2 & lanes+=($!); fi
@@ -137,8 +137,7 @@ studies)
 studies-images)
     device_setup studies
     export OMP_NUM_THREADS=2
-    python3 benchmarks/study.py cifar-mmr --smoke --results /tmp/smoke --work_dir /tmp/smoke ||
-        { tail -n 20 /tmp/smoke/cifar-mmr/*/run.log; exit 4; }
+    smoke cifar-mmr || exit 4
     jpegs=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import common; print(common.unpack_cifar_jpegs())")
     seconds=${STUDY_SECONDS:-470}
     mkdir -p docs/results/gpu/cifar-mmr docs/results/active-learning/cifar10 docs/results/active-learning/cifar10-full-pool

@@ -171,13 +171,13 @@ def main():
     runs = [run for run in plan(args.study) if not args.only or run[1] in args.only]
     results = os.path.join(args.results, args.study)
     if args.smoke:  # per task, the last arm of its first seed (MMR on where the study has it), capped
-        smoke = {}
+        first_seed, smoke = {}, {}
         for name, task, arm, script_and_flags in runs:
             seed = script_and_flags[script_and_flags.index("--seed") + 1]
-            if smoke.setdefault(task, (seed, None))[0] == seed:
-                smoke[task] = (seed, (name, task, arm, [*script_and_flags, "--max_train_samples", "64",
-                                                         "--max_eval_samples", "64", "--max_steps", "4"]))
-        runs = [run for _, run in smoke.values()]
+            if first_seed.setdefault(task, seed) == seed:
+                smoke[task] = (name, task, arm, [*script_and_flags, "--max_train_samples", "64",
+                                                 "--max_eval_samples", "64", "--max_steps", "4"])
+        runs = list(smoke.values())
         results = os.path.join(args.results, "smoke", args.study)
     run_resumable(results, [
         (name, functools.partial(run_script, args.study, name, task, arm, script, flags, args.work_dir))
