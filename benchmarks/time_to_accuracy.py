@@ -221,7 +221,27 @@ ARMS: dict[str, dict] = {
     # where the first round's measurements found it ahead (docs/PERFORMANCE.md)
     "prune-margin": {"prune_score": "margin", "prune_ratio": 0.5, "prune_anneal": 0.875},
     "mms-early": {"selection": "mms", "selection_ratio": 4, "selection_end": 0.5},
+    # design (c), from BANKING77's round-2 curves (MMS ahead at 120-240 s, behind Selective-Backprop at 480 s): MMS
+    # with one of Selective-Backprop's two ingredients each, every second step plain, or its weighted draw
+    "mms-interleaved": {"selection": "mms", "selection_ratio": 4, "selection_interrupt": 2},
+    "mms-sampled": {"selection": "mms_sampled", "selection_ratio": 4},
 }
+
+
+def ideal_step_cost(settings: dict, inference_ratio: float | None) -> float | None:
+    """An arm's mean step time over a plain step's if scoring cost exactly its inference: a scoring step costs
+    ``c = 1 + k · inference_ratio``; inside the window (a share ``w = end - start`` of the budget) every
+    ``interrupt``-th step is plain, so its steps average ``c_w = (1 - 1/i) c + 1/i``; over the budget the steps average
+    ``1 / (w / c_w + 1 - w)``. No scoring pass (cached selection, pruning): 1."""
+    k = settings.get("selection_ratio")
+    if settings.get("selection_source") == "cached" or "prune_score" in settings:
+        return 1.0
+    if not k or not inference_ratio:
+        return None
+    plain_share = 1 / settings["selection_interrupt"] if settings.get("selection_interrupt") else 0.0
+    in_window = (1 - plain_share) * (1 + k * inference_ratio) + plain_share
+    window = settings.get("selection_end", 1.0) - settings.get("selection_start", 0.0)
+    return 1 / (window / in_window + 1 - window)
 
 
 def arm_settings(workload: Workload, arm: str) -> dict:
@@ -349,10 +369,7 @@ def report(args):
         step_ratios = [runs[b]["step_seconds"] / random_arm[s][b]["step_seconds"]
                        for s, runs in seeds.items() for b in runs if b in random_arm.get(s, {})]
         entry["step_cost_over_random"] = spread(step_ratios)
-        k = ARMS[arm].get("selection_ratio")
-        # no scoring pass (cached selection, pruning): the ideal is a plain step
-        cached = ARMS[arm].get("selection_source") == "cached" or "prune_score" in ARMS[arm]
-        entry["ideal_step_cost"] = 1.0 if cached else (1 + k * inference_ratio if k and inference_ratio else None)
+        entry["ideal_step_cost"] = ideal_step_cost(ARMS[arm], inference_ratio)
         for target in targets:
             per_seed, ratios, lower_bounds = {}, [], []
             for seed, runs in seeds.items():

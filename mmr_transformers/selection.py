@@ -74,16 +74,29 @@ def random_priority(logits, weight, labels, generator):
     return torch.rand(logits.shape[0], generator=generator).to(logits.device)
 
 
+def percentile_draw(hardness: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Priorities whose lowest ``n`` are a draw of ``n`` rows without replacement, each row weighted by its in-batch
+    hardness percentile ``(rank + 1/2) / N`` (rank 0 = the least hard), made by exponential-race keys
+    ``-log(u) / weight`` (Efraimidis & Spirakis 2006). The weight is the percentile to the power ``1/keep - 1 = 1``:
+    Composer's ``SelectiveBackprop`` default ``keep = 0.5``."""
+    percentile = (hardness.argsort().argsort().double() + 0.5) / hardness.shape[0]
+    uniform = torch.rand(hardness.shape[0], generator=generator, dtype=torch.float64).to(hardness.device)
+    return -uniform.log() / percentile
+
+
 @register_selection_strategy("selective_backprop", needs_labels=True)
 def selective_backprop_priority(logits, weight, labels, generator):
-    """Selective Backprop (Jiang et al. 2019, as Composer's ``select_using_loss`` samples it): a draw without
-    replacement in which each candidate's weight is its in-batch loss percentile ``(rank + 1/2) / N`` (rank 0 = the
-    lowest loss) to the power ``1/keep - 1 = 1`` (Composer's default ``keep = 0.5``, i.e. ``k = 2``), made by
-    exponential-race keys ``-log(u) / weight`` (Efraimidis & Spirakis 2006): the lowest keys are a weighted draw."""
-    losses = F.cross_entropy(logits.float(), labels, reduction="none")
-    percentile = (losses.argsort().argsort().double() + 0.5) / losses.shape[0]
-    uniform = torch.rand(losses.shape[0], generator=generator, dtype=torch.float64).to(losses.device)
-    return -uniform.log() / percentile
+    """Selective Backprop (Jiang et al. 2019, as Composer's ``select_using_loss`` samples it): a draw weighted by
+    each candidate's in-batch loss percentile (:func:`percentile_draw`)."""
+    return percentile_draw(F.cross_entropy(logits.float(), labels, reduction="none"), generator)
+
+
+@register_selection_strategy("mms_sampled")
+def mms_sampled_priority(logits, weight, labels, generator):
+    """Selective Backprop's draw on the Minimal Margin Score instead of the loss: rows weighted by their in-batch
+    percentile of smallness of the margin (:func:`percentile_draw`), so near-boundary rows are likely, not certain,
+    and no labels are needed."""
+    return percentile_draw(-minimal_margin_scores(logits, weight), generator)
 
 
 def get_selection_strategy(name: str) -> SelectionStrategy:

@@ -187,3 +187,17 @@ def test_every_arm_is_a_valid_setting_and_the_window_and_annealing_follow_the_bu
     assert not trainer._selecting_now()  # SelectiveBackprop starts at half the budget
     now[0] = 6.0
     assert trainer.training_progress() == 0.6 and trainer._selecting_now()
+
+
+@pytest.mark.parametrize("arm", ["mms", "selective-backprop", "mms-interleaved", "mms-early", "prune-margin"])
+def test_the_ideal_step_cost_is_the_mean_step_of_a_simulated_budget_spent_by_the_window_and_interrupt(arm):
+    settings, inference_ratio, budget = tta.ARMS[arm], 0.25, 100_000.0
+    scoring_step = 1 + settings.get("selection_ratio", 0) * inference_ratio
+    spent, steps = 0.0, 0
+    while spent < budget:  # the trainer's rule: score inside [start, end) of the budget unless the step is interrupted
+        every = settings.get("selection_interrupt", 0)
+        inside = settings.get("selection_start", 0.0) <= spent / budget < settings.get("selection_end", 1.0)
+        scores = "prune_score" not in settings and inside and not (every and (steps + 1) % every == 0)
+        spent += scoring_step if scores else 1.0
+        steps += 1
+    assert tta.ideal_step_cost(settings, inference_ratio) == pytest.approx(spent / steps, rel=1e-3)
