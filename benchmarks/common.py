@@ -158,6 +158,21 @@ class StepClock(TrainerCallback):
         return [b - a for a, b in zip(self.marks, self.marks[1:])][skip:]
 
 
+def host_probe_seconds(repeats: int = 5, matmuls: int = 40, size: int = 384) -> float:
+    """The host's speed now: the fastest of ``repeats`` timings of ``matmuls`` fixed fp32 ``size × size`` matrix
+    products on this process's threads. :func:`busy_fraction` sees only this VM's processes; other guests on the
+    same host slow every step without showing there (BANKING77's quiet runs went from 0.9 to 2.1 s/step at 1% load
+    from others, 2026-12-04), and slow this probe alike."""
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(matmuls):
+            a @ a
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
 CPU_LOCK = "/tmp/mmr-transformers-cpu.lock"
 
 

@@ -51,6 +51,7 @@ from common import (
     OthersLoad,
     busy_fraction,
     exclusive_cpu,
+    host_probe_seconds,
     inference_seconds,
     minilm_path,
     require_quiet_machine,
@@ -64,6 +65,8 @@ RESULTS = os.path.join(REPO, "docs", "results", "time-to-accuracy")
 # Quiet runs read ~1%. On 2 cores even a short test run matters: at 10% others the BANKING77 random run at 120 s took
 # 1.05 s/step against 0.86-0.92 for its quiet seeds (2026-12-04), so anything above 5% is discarded and rerun.
 MAX_OTHERS_LOAD = 0.05
+# Runs whose host probe (before or after training) is this much slower than the fastest on record are rerun.
+MAX_HOST_SLOWDOWN = 1.2
 
 
 class BudgetClock(TrainerCallback):
@@ -302,31 +305,52 @@ def run(args):
 
 def quiet_run(args, workload: Workload, arm: str, budget: float, seed: int, data, commit: str) -> dict | None:
     """:func:`run_one` under the CPU lock, up to ``args.attempts`` times until other processes used at most
-    ``MAX_OTHERS_LOAD`` of the CPU while it trained (any load with ``--force``); ``None`` when every try was busy."""
+    ``MAX_OTHERS_LOAD`` of the CPU while it trained and the host was at most ``MAX_HOST_SLOWDOWN`` slower than its
+    fastest probe on record, before and after (:func:`host_probe_seconds`); any load with ``--force``. ``None`` when
+    every try was busy."""
+    reference = fastest_probe(os.path.join(args.results, workload.name))
     for _ in range(args.attempts):
         with exclusive_cpu():
-            wait_for_quiet(args)
+            before = wait_for_quiet(args, reference)
             started = time.time()
             record = run_one(workload, arm, budget, seed, data)
+            after = host_probe_seconds()
+        reference = min(reference or before, before, after)
+        slowdown = max(before, after) / reference
         record.update(command="python " + " ".join(sys.argv), commit=commit,
                       torch_threads=torch.get_num_threads(), wall_seconds=time.time() - started,
-                      device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+                      device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                      host_probe_seconds=[round(before, 5), round(after, 5)], host_slowdown=round(slowdown, 3))
         summary = (f"{arm} budget {budget:g}s seed {seed}: acc {record['accuracy']:.4f}, "
                    f"{record['steps']} steps, {record['step_seconds']:.3f} s/step, "
-                   f"others {record['cpu_load_by_others']:.0%}")
-        if record["cpu_load_by_others"] <= MAX_OTHERS_LOAD or args.force:
+                   f"others {record['cpu_load_by_others']:.0%}, host {slowdown:.2f}x its fastest")
+        if (record["cpu_load_by_others"] <= MAX_OTHERS_LOAD and slowdown <= MAX_HOST_SLOWDOWN) or args.force:
             print(summary, flush=True)
             return record
-        print(f"DISCARDED (machine busy): {summary}", flush=True)
+        print(f"DISCARDED (machine busy or host slow): {summary}", flush=True)
     return None
 
 
-def wait_for_quiet(args, patience_seconds: float = 600):
-    """Wait until other processes leave the CPU (refuse after ``patience_seconds``)."""
+def fastest_probe(directory: str) -> float | None:
+    """The fastest :func:`host_probe_seconds` among the runs recorded in ``directory`` (None before the first)."""
+    probes = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as f:
+                probes += json.load(f).get("host_probe_seconds", [])
+    return min(probes, default=None)
+
+
+def wait_for_quiet(args, reference: float | None, patience_seconds: float = 600) -> float:
+    """Wait until other processes leave the CPU and the host probe is within ``MAX_HOST_SLOWDOWN`` of
+    ``reference`` (refuse after ``patience_seconds``); returns the last probe."""
     deadline = time.time() + patience_seconds
-    while not args.force and busy_fraction() > MAX_OTHERS_LOAD:
+    while True:
+        probe = host_probe_seconds()
+        if args.force or (busy_fraction() <= MAX_OTHERS_LOAD and probe <= MAX_HOST_SLOWDOWN * (reference or probe)):
+            return probe
         if time.time() > deadline:
-            raise SystemExit("machine stayed busy for 10 minutes; refusing to time on it")
+            raise SystemExit("machine stayed busy (or its host slow) for 10 minutes; refusing to time on it")
         time.sleep(10)
 
 

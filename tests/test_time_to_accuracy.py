@@ -81,6 +81,7 @@ def test_time_to_accuracy_retries_a_busy_run_and_records_only_quiet_ones(tmp_pat
     monkeypatch.setattr(tta, "exclusive_cpu", contextlib.nullcontext)
     monkeypatch.setattr(tta, "require_quiet_machine", lambda force: 0.0)
     monkeypatch.setattr(tta, "busy_fraction", lambda: 0.0)
+    monkeypatch.setattr(tta, "host_probe_seconds", lambda: 1.0)
     os.makedirs(tmp_path / "sst2")
     (tmp_path / "sst2" / "random-budget80-seed1.json").write_text("{}")
     tta.run(argparse.Namespace(workload="sst2", results=str(tmp_path), budgets=[80.0], seeds=[0, 1],
@@ -90,6 +91,25 @@ def test_time_to_accuracy_retries_a_busy_run_and_records_only_quiet_ones(tmp_pat
                                                       "random-budget80-seed1.json"]  # mms seed 1 stayed busy
     record = json.load(open(tmp_path / "sst2" / "mms-budget80-seed0.json"))
     assert record["cpu_load_by_others"] == 0.01 and record["device"] and "wall_seconds" in record
+
+
+def test_a_run_on_a_slow_host_is_rerun_against_the_fastest_probe_on_record(tmp_path, monkeypatch, capsys):
+    probes = [1.1, 1.5,  # a host probe at 1.1 passes (1.1x the stored 1.0), but it slowed to 1.5 by the end
+              2.0, 2.0, 1.19, 1.15]  # then waits while 2.0x slow (two checks), runs from 1.19, ends at 1.15: kept
+    slept = []
+    monkeypatch.setattr(tta, "host_probe_seconds", lambda: probes.pop(0))
+    monkeypatch.setattr(tta, "busy_fraction", lambda: 0.0)
+    monkeypatch.setattr(tta.time, "sleep", slept.append)
+    monkeypatch.setattr(tta, "exclusive_cpu", contextlib.nullcontext)
+    monkeypatch.setattr(tta, "run_one", lambda *a: {"accuracy": 0.8, "steps": 10, "step_seconds": 0.1,
+                                                     "cpu_load_by_others": 0.01})
+    os.makedirs(tmp_path / "sst2")
+    (tmp_path / "sst2" / "random-budget80-seed0.json").write_text(json.dumps({"host_probe_seconds": [1.0, 1.3]}))
+    args = argparse.Namespace(results=str(tmp_path), attempts=2, force=False)
+    record = tta.quiet_run(args, tta.WORKLOADS["sst2"], "mms", 80.0, 0, None, "abc")
+    assert "DISCARDED (machine busy or host slow)" in capsys.readouterr().out and slept == [10, 10]
+    assert record["host_probe_seconds"] == [1.19, 1.15] and record["host_slowdown"] == 1.19
+    assert tta.fastest_probe(str(tmp_path / "sst2")) == 1.0 and tta.fastest_probe(str(tmp_path / "none")) is None
 
 
 def test_a_study_runs_each_planned_script_once_and_skips_what_exists(tmp_path, monkeypatch):
