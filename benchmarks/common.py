@@ -158,7 +158,12 @@ class StepClock(TrainerCallback):
         return [b - a for a, b in zip(self.marks, self.marks[1:])][skip:]
 
 
-def host_probe_seconds(repeats: int = 5, matmuls: int = 40, size: int = 384) -> float:
+# ~0.15 s per repeat on this CPU's 2 threads; 40 products of 384 (30 ms) varied 1.7x between two probes of one run
+HOST_PROBE = {"repeats": 5, "matmuls": 100, "size": 512}
+
+
+def host_probe_seconds(repeats: int = HOST_PROBE["repeats"], matmuls: int = HOST_PROBE["matmuls"],
+                       size: int = HOST_PROBE["size"]) -> float:
     """The host's speed now: the fastest of ``repeats`` timings of ``matmuls`` fixed fp32 ``size × size`` matrix
     products on this process's threads. :func:`busy_fraction` sees only this VM's processes; other guests on the
     same host slow every step without showing there (BANKING77's quiet runs went from 0.9 to 2.1 s/step at 1% load

@@ -50,6 +50,7 @@ from common import (
     SHARED_DATA,
     OthersLoad,
     busy_fraction,
+    HOST_PROBE,
     exclusive_cpu,
     host_probe_seconds,
     inference_seconds,
@@ -320,7 +321,8 @@ def quiet_run(args, workload: Workload, arm: str, budget: float, seed: int, data
         record.update(command="python " + " ".join(sys.argv), commit=commit,
                       torch_threads=torch.get_num_threads(), wall_seconds=time.time() - started,
                       device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                      host_probe_seconds=[round(before, 5), round(after, 5)], host_slowdown=round(slowdown, 3))
+                      host_probe={**HOST_PROBE, "seconds": [round(before, 5), round(after, 5)]},
+                      host_slowdown=round(slowdown, 3))
         summary = (f"{arm} budget {budget:g}s seed {seed}: acc {record['accuracy']:.4f}, "
                    f"{record['steps']} steps, {record['step_seconds']:.3f} s/step, "
                    f"others {record['cpu_load_by_others']:.0%}, host {slowdown:.2f}x its fastest")
@@ -332,12 +334,15 @@ def quiet_run(args, workload: Workload, arm: str, budget: float, seed: int, data
 
 
 def fastest_probe(directory: str) -> float | None:
-    """The fastest :func:`host_probe_seconds` among the runs recorded in ``directory`` (None before the first)."""
+    """The fastest :func:`host_probe_seconds` among the runs recorded in ``directory`` with today's ``HOST_PROBE``
+    (None before the first)."""
     probes = []
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
         if name.endswith(".json"):
             with open(os.path.join(directory, name)) as f:
-                probes += json.load(f).get("host_probe_seconds", [])
+                probe = json.load(f).get("host_probe", {})
+            if all(probe.get(key) == value for key, value in HOST_PROBE.items()):
+                probes += probe.get("seconds", [])
     return min(probes, default=None)
 
 

@@ -104,11 +104,14 @@ def test_a_run_on_a_slow_host_is_rerun_against_the_fastest_probe_on_record(tmp_p
     monkeypatch.setattr(tta, "run_one", lambda *a: {"accuracy": 0.8, "steps": 10, "step_seconds": 0.1,
                                                      "cpu_load_by_others": 0.01})
     os.makedirs(tmp_path / "sst2")
-    (tmp_path / "sst2" / "random-budget80-seed0.json").write_text(json.dumps({"host_probe_seconds": [1.0, 1.3]}))
+    stored = {"random-budget80-seed0": {"host_probe": {**tta.HOST_PROBE, "seconds": [1.0, 1.3]}},
+              "random-budget80-seed1": {"host_probe": {**tta.HOST_PROBE, "size": 64, "seconds": [0.1, 0.1]}}}
+    for name, record in stored.items():  # a probe of another size is not compared
+        (tmp_path / "sst2" / f"{name}.json").write_text(json.dumps(record))
     args = argparse.Namespace(results=str(tmp_path), attempts=2, force=False)
     record = tta.quiet_run(args, tta.WORKLOADS["sst2"], "mms", 80.0, 0, None, "abc")
     assert "DISCARDED (machine busy or host slow)" in capsys.readouterr().out and slept == [10, 10]
-    assert record["host_probe_seconds"] == [1.19, 1.15] and record["host_slowdown"] == 1.19
+    assert record["host_probe"]["seconds"] == [1.19, 1.15] and record["host_slowdown"] == 1.19
     assert tta.fastest_probe(str(tmp_path / "sst2")) == 1.0 and tta.fastest_probe(str(tmp_path / "none")) is None
 
 
