@@ -350,6 +350,7 @@ def wait_for_quiet(args, reference: float | None, patience_seconds: float = 600)
     """Wait until other processes leave the CPU and the host probe is within ``MAX_HOST_SLOWDOWN`` of
     ``reference`` (refuse after ``patience_seconds``); returns the last probe."""
     deadline = time.time() + patience_seconds
+    host_probe_seconds()  # warm-up, not read: a process's first probe once read 2x its second
     while True:
         probe = host_probe_seconds()
         if args.force or (busy_fraction() <= MAX_OTHERS_LOAD and probe <= MAX_HOST_SLOWDOWN * (reference or probe)):
