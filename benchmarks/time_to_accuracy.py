@@ -66,8 +66,10 @@ RESULTS = os.path.join(REPO, "docs", "results", "time-to-accuracy")
 # Quiet runs read ~1%. On 2 cores even a short test run matters: at 10% others the BANKING77 random run at 120 s took
 # 1.05 s/step against 0.86-0.92 for its quiet seeds (2026-12-04), so anything above 5% is discarded and rerun.
 MAX_OTHERS_LOAD = 0.05
-# Runs whose host probe (before or after training) is this much slower than the fastest on record are rerun.
-MAX_HOST_SLOWDOWN = 1.2
+# Runs whose host probe (before or after training) is this much slower than the fastest on record are rerun. Between
+# the probe's own noise (up to 1.22x on runs whose steps were as fast as ever, 2026-12-04) and the slow-host episodes
+# it is meant to catch (step times 1.6-2.1x).
+MAX_HOST_SLOWDOWN = 1.5
 
 
 class BudgetClock(TrainerCallback):

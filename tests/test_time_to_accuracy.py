@@ -94,7 +94,7 @@ def test_time_to_accuracy_retries_a_busy_run_and_records_only_quiet_ones(tmp_pat
 
 
 def test_a_run_on_a_slow_host_is_rerun_against_the_fastest_probe_on_record(tmp_path, monkeypatch, capsys):
-    probes = [9.0, 1.1, 1.5,  # after a warm-up probe (not read), 1.1 passes (1.1x the stored 1.0), but 1.5 at the end
+    probes = [9.0, 1.1, 1.6,  # after a warm-up probe (not read), 1.1 passes (1.1x the stored 1.0), but 1.6 at the end
               9.0, 2.0, 2.0, 1.19, 1.15]  # then waits while 2.0x slow (two checks), runs from 1.19, ends at 1.15: kept
     slept = []
     monkeypatch.setattr(tta, "host_probe_seconds", lambda: probes.pop(0))
