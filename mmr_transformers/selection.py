@@ -29,21 +29,26 @@ PriorityFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch
 
 @dataclass(frozen=True)
 class SelectionStrategy:
-    """A registered strategy: ``priority(logits, weight, labels, generator) -> (N,)``, lowest kept."""
+    """A registered strategy: ``priority(logits, weight, labels, generator) -> (N,)``, lowest kept. A strategy that
+    ``draws`` returns random keys relative to its candidate batch, not a score of each sample, so its priorities
+    mean nothing outside that batch (and cannot be cached across batches)."""
 
     name: str
     priority: PriorityFn
     needs_labels: bool
+    draws: bool = False
 
 
 SELECTION_STRATEGIES: dict[str, SelectionStrategy] = {}
 
 
-def register_selection_strategy(name: str, needs_labels: bool = False) -> Callable[[PriorityFn], PriorityFn]:
-    """Register ``fn(logits, weight, labels, generator) -> priority[N]``; lowest priority is kept."""
+def register_selection_strategy(name: str, needs_labels: bool = False,
+                                draws: bool = False) -> Callable[[PriorityFn], PriorityFn]:
+    """Register ``fn(logits, weight, labels, generator) -> priority[N]``; lowest priority is kept. ``draws=True``
+    marks a random draw within the candidate batch (see :class:`SelectionStrategy`)."""
 
     def register(fn: PriorityFn) -> PriorityFn:
-        SELECTION_STRATEGIES[name] = SelectionStrategy(name, fn, needs_labels)
+        SELECTION_STRATEGIES[name] = SelectionStrategy(name, fn, needs_labels, draws)
         return fn
 
     return register
@@ -68,7 +73,7 @@ def entropy_priority(logits, weight, labels, generator):
     return (log_p.exp() * log_p).sum(dim=1)
 
 
-@register_selection_strategy("random")
+@register_selection_strategy("random", draws=True)
 def random_priority(logits, weight, labels, generator):
     """A uniformly random subset: the value of scoring without the value of choosing."""
     return torch.rand(logits.shape[0], generator=generator).to(logits.device)
@@ -84,14 +89,14 @@ def percentile_draw(hardness: torch.Tensor, generator: torch.Generator | None) -
     return -uniform.log() / percentile
 
 
-@register_selection_strategy("selective_backprop", needs_labels=True)
+@register_selection_strategy("selective_backprop", needs_labels=True, draws=True)
 def selective_backprop_priority(logits, weight, labels, generator):
     """Selective Backprop (Jiang et al. 2019, as Composer's ``select_using_loss`` samples it): a draw weighted by
     each candidate's in-batch loss percentile (:func:`percentile_draw`)."""
     return percentile_draw(F.cross_entropy(logits.float(), labels, reduction="none"), generator)
 
 
-@register_selection_strategy("mms_sampled")
+@register_selection_strategy("mms_sampled", draws=True)
 def mms_sampled_priority(logits, weight, labels, generator):
     """Selective Backprop's draw on the Minimal Margin Score instead of the loss: rows weighted by their in-batch
     percentile of smallness of the margin (:func:`percentile_draw`), so near-boundary rows are likely, not certain,

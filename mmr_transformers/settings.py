@@ -236,6 +236,13 @@ class MMRSettings:
         if self.selection_source == "cached" and not self.selection_enabled:
             raise ValueError("selection_source='cached' needs a selection strategy to score samples with; "
                              "set selection='mms' (or 'loss', 'entropy').")
+        if self.cached_selection and SELECTION_STRATEGIES[self.selection].draws:
+            raise ValueError(
+                f"selection={self.selection!r} draws its rows at random within each candidate batch, so the key it "
+                "gives a sample means nothing beside keys drawn in other batches, and selection_source='cached' would "
+                "rank them across the whole pass (a sample that drew a losing key would keep it and rarely return). "
+                "Use selection_source='fresh' with it, or with 'cached' a score strategy ('mms', 'loss', 'entropy'); "
+                "selection_exploration=1 makes every cached pass a uniformly random subset.")
         self._refuse_ignored_settings()
 
     def _refuse_ignored_settings(self) -> None:

@@ -83,6 +83,19 @@ def test_values_that_cannot_be_used_are_refused(settings, message, output_dir):
         make_args(output_dir, **settings)
 
 
+@pytest.mark.parametrize("strategy", sorted(SELECTION_STRATEGIES))
+def test_cached_selection_refuses_exactly_the_strategies_that_draw_within_a_batch(strategy, output_dir):
+    drawing = {"random", "selective_backprop", "mms_sampled"}  # their keys are random draws relative to their batch
+    assert SELECTION_STRATEGIES[strategy].draws == (strategy in drawing)
+    if strategy in drawing:
+        with pytest.raises(ValueError, match=rf"selection='{strategy}' draws its rows at random within each candidate "
+                                             r"batch.*Use selection_source='fresh' with it"):
+            make_args(output_dir, selection=strategy, selection_source="cached")
+        assert make_args(output_dir, selection=strategy).selection == strategy  # fresh: fine
+    else:
+        assert make_args(output_dir, selection=strategy, selection_source="cached").cached_selection
+
+
 def test_fields_changed_after_construction_are_checked_again_by_the_trainer(output_dir):
     args = make_args(output_dir)
     args.selection_ratio = 0.5
