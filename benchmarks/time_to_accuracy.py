@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
@@ -321,6 +322,7 @@ def quiet_run(args, workload: Workload, arm: str, budget: float, seed: int, data
         reference = min(reference or before, before, after)
         slowdown = max(before, after) / reference
         record.update(command="python " + " ".join(sys.argv), commit=commit,
+                      started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
                       torch_threads=torch.get_num_threads(), wall_seconds=time.time() - started,
                       device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                       host_probe={**HOST_PROBE, "seconds": [round(before, 5), round(after, 5)]},

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import torch
@@ -91,6 +92,7 @@ def test_time_to_accuracy_retries_a_busy_run_and_records_only_quiet_ones(tmp_pat
                                                       "random-budget80-seed1.json"]  # mms seed 1 stayed busy
     record = json.load(open(tmp_path / "sst2" / "mms-budget80-seed0.json"))
     assert record["cpu_load_by_others"] == 0.01 and record["device"] and "wall_seconds" in record
+    assert abs(datetime.fromisoformat(record["started_at"]) - datetime.now(timezone.utc)) < timedelta(minutes=5)
 
 
 def test_a_run_on_a_slow_host_is_rerun_against_the_fastest_probe_on_record(tmp_path, monkeypatch, capsys):
