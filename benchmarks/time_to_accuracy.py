@@ -47,11 +47,11 @@ from mmr_transformers import MMRTrainer, MMRTrainingArguments
 from mmr_transformers.recipes.runner import accuracy
 
 from common import (
+    HOST_PROBE,
     REPO,
     SHARED_DATA,
     OthersLoad,
     busy_fraction,
-    HOST_PROBE,
     exclusive_cpu,
     host_probe_seconds,
     inference_seconds,

@@ -233,15 +233,16 @@ class MMRSettings:
         if self.pruning_enabled and self.selection_enabled:
             raise ValueError(f"prune_score={self.prune_score!r} plans which samples each pass trains on, and so does "
                              f"selection={self.selection!r}; use one of them (set selection='none' or prune_score='none').")
+        scoring = ", ".join(repr(name) for name, strategy in sorted(SELECTION_STRATEGIES.items()) if not strategy.draws)
         if self.selection_source == "cached" and not self.selection_enabled:
             raise ValueError("selection_source='cached' needs a selection strategy to score samples with; "
-                             "set selection='mms' (or 'loss', 'entropy').")
+                             f"set selection to one of {scoring}.")
         if self.cached_selection and SELECTION_STRATEGIES[self.selection].draws:
             raise ValueError(
                 f"selection={self.selection!r} draws its rows at random within each candidate batch, so the key it "
                 "gives a sample means nothing beside keys drawn in other batches, and selection_source='cached' would "
                 "rank them across the whole pass (a sample that drew a losing key would keep it and rarely return). "
-                "Use selection_source='fresh' with it, or with 'cached' a score strategy ('mms', 'loss', 'entropy'); "
+                f"Use selection_source='fresh' with it, or with 'cached' a strategy that scores each sample ({scoring}); "
                 "selection_exploration=1 makes every cached pass a uniformly random subset.")
         self._refuse_ignored_settings()
 

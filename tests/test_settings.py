@@ -88,8 +88,10 @@ def test_cached_selection_refuses_exactly_the_strategies_that_draw_within_a_batc
     drawing = {"random", "selective_backprop", "mms_sampled"}  # their keys are random draws relative to their batch
     assert SELECTION_STRATEGIES[strategy].draws == (strategy in drawing)
     if strategy in drawing:
+        scoring = ", ".join(f"'{name}'" for name in sorted(set(SELECTION_STRATEGIES) - drawing))
         with pytest.raises(ValueError, match=rf"selection='{strategy}' draws its rows at random within each candidate "
-                                             r"batch.*Use selection_source='fresh' with it"):
+                                             rf"batch.*Use selection_source='fresh' with it.*scores each sample "
+                                             rf"\({scoring}\)"):
             make_args(output_dir, selection=strategy, selection_source="cached")
         assert make_args(output_dir, selection=strategy).selection == strategy  # fresh: fine
     else:
