@@ -393,9 +393,12 @@ def report(args):
     inference = [r["inference_over_train_step"] for seeds in random_arm.values() for r in seeds.values()
                  if "inference_over_train_step" in r]
     inference_ratio = statistics.median(inference) if inference else None
-    targets = workload.targets or random_targets(random_arm)
+    given = args.targets  # e.g. an earlier round's, written down before this round ran
+    targets = tuple(sorted(given)) if given else workload.targets or random_targets(random_arm)
+    targets_from = "given" if given else "fixed" if workload.targets else "random's curve"
+    stem = workload.name + ("-at-" + "-".join(f"{t:g}" for t in targets) if given else "")  # keeps the default report
     summary = {"workload": workload.name, "inference_over_train_step": inference_ratio, "arms": {},
-               "targets": list(targets), "targets_from": "fixed" if workload.targets else "random's curve"}
+               "targets": list(targets), "targets_from": targets_from}
     for arm, seeds in by.items():
         entry = {"runs": sum(len(b) for b in seeds.values()), "accuracy": {}, "targets": {}}
         for budget in sorted({b for runs in seeds.values() for b in runs}):
@@ -417,13 +420,13 @@ def report(args):
             entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios),
                                                "ratio_above_for_seeds_not_reaching": sorted(lower_bounds)}
         summary["arms"][arm] = entry
-    path = os.path.join(args.results, f"{workload.name}-summary.json")
+    path = os.path.join(args.results, f"{stem}-summary.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=1)
     print(markdown_table(summary, targets))
     print()
     print(accuracy_table(summary))
-    plot(by, workload.name, targets, os.path.join(args.results, f"{workload.name}.png"))
+    plot(by, workload.name, targets, os.path.join(args.results, f"{stem}.png"))
 
 
 def markdown_table(summary: dict, targets: tuple[float, ...]) -> str:
@@ -490,6 +493,9 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--attempts", type=int, default=2, help="tries per run when the machine turns busy meanwhile")
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--targets", nargs="+", type=float,
+                        help="report: score against these accuracies (e.g. an earlier round's targets, written down "
+                             "before this round ran) instead of the workload's own or random's curve")
     parser.add_argument("--force", action="store_true", help="time even on a busy machine (results are marked)")
     args = parser.parse_args(argv)
     run(args) if args.command == "run" else report(args)

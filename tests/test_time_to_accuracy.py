@@ -138,7 +138,7 @@ def test_a_study_runs_each_planned_script_once_and_skips_what_exists(tmp_path, m
     assert record["arm"] == "mmr1e-3" and record["flags"][record["flags"].index("--seed") + 1] == "2"
 
 
-def test_report_pairs_seeds_and_bounds_an_arm_that_never_reaches_the_target(tmp_path, capsys):
+def test_report_pairs_seeds_bounds_an_arm_that_never_reaches_the_target_and_scores_given_targets(tmp_path, capsys):
     runs = {("random", 0): {80: 0.80, 160: 0.86}, ("random", 1): {80: 0.82, 160: 0.87},
             ("mms", 0): {80: 0.84, 160: 0.88}, ("mms", 1): {80: 0.81, 160: 0.84}}  # mms seed 1 never reaches 0.85
     os.makedirs(tmp_path / "sst2")
@@ -147,11 +147,11 @@ def test_report_pairs_seeds_and_bounds_an_arm_that_never_reaches_the_target(tmp_
             with open(tmp_path / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
                 json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
                            "step_seconds": 0.5 if arm == "random" else 0.75}, f)
-    tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path)))
+    tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path), targets=None))
     target = json.load(open(tmp_path / "sst2-summary.json"))["arms"]["mms"]["targets"]["0.85"]
 
-    def interpolated(low, high, budget=80):  # log-linear between 80 s and 160 s
-        return budget * 2 ** ((0.85 - low) / (high - low))
+    def interpolated(low, high, target=0.85):  # log-linear between 80 s and 160 s
+        return 80 * 2 ** ((target - low) / (high - low))
 
     random_times = [interpolated(0.80, 0.86), interpolated(0.82, 0.87)]
     mms_seed0 = interpolated(0.84, 0.88)
@@ -159,6 +159,16 @@ def test_report_pairs_seeds_and_bounds_an_arm_that_never_reaches_the_target(tmp_
     assert target["ratio_to_random"]["median"] == pytest.approx(mms_seed0 / random_times[0])
     assert target["ratio_above_for_seeds_not_reaching"] == [pytest.approx(160 / random_times[1])]
     assert f"1 not reached: > {160 / random_times[1]:.2f}" in capsys.readouterr().out
+
+    # targets written down earlier (e.g. a previous round's) are scored instead, in a report of their own
+    tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path), targets=[0.83]))
+    given = json.load(open(tmp_path / "sst2-at-0.83-summary.json"))
+    assert given["targets"] == [0.83] and given["targets_from"] == "given"
+    ratio = given["arms"]["mms"]["targets"]["0.83"]["ratio_to_random"]  # mms seed 0 is there at 80 s: censored
+    assert ratio["n"] == 1
+    assert ratio["median"] == pytest.approx(interpolated(0.81, 0.84, 0.83) / interpolated(0.82, 0.87, 0.83))
+    assert os.path.exists(tmp_path / "sst2-at-0.83.png")
+    assert json.load(open(tmp_path / "sst2-summary.json"))["targets"] == [0.85, 0.88]  # the default report is kept
 
 
 def test_the_learning_rate_warms_up_then_reaches_zero_exactly_at_the_budget():
