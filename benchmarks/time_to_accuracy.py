@@ -408,7 +408,7 @@ def report(args):
         entry["step_cost_over_random"] = spread(step_ratios)
         entry["ideal_step_cost"] = ideal_step_cost(ARMS[arm], inference_ratio)
         for target in targets:
-            per_seed, ratios, lower_bounds = {}, [], []
+            per_seed, ratios, lower_bounds, upper_bounds = {}, [], [], []
             for seed, runs in seeds.items():
                 mine = time_to_target([(b, r["accuracy"]) for b, r in runs.items()], target)
                 per_seed[seed] = mine
@@ -417,8 +417,11 @@ def report(args):
                     ratios.append(mine["interpolated"] / base["interpolated"])
                 elif mine["censored"] == "above" and base["censored"] is None:  # random got there, this arm did not
                     lower_bounds.append(max(runs) / base["interpolated"])
+                elif mine["censored"] == "below" and base["censored"] is None:  # this arm was there by its first budget
+                    upper_bounds.append(mine["interpolated"] / base["interpolated"])
             entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios),
-                                               "ratio_above_for_seeds_not_reaching": sorted(lower_bounds)}
+                                               "ratio_above_for_seeds_not_reaching": sorted(lower_bounds),
+                                               "ratio_below_for_seeds_there_at_the_first_budget": sorted(upper_bounds)}
         summary["arms"][arm] = entry
     path = os.path.join(args.results, f"{stem}-summary.json")
     with open(path, "w") as f:
@@ -442,6 +445,9 @@ def markdown_table(summary: dict, targets: tuple[float, ...]) -> str:
         above = target["ratio_above_for_seeds_not_reaching"]
         if above:  # seeds where random reached the target within the grid and this arm did not
             parts.append(f"{len(above)} not reached: > {min(above):.2f}")
+        below = target["ratio_below_for_seeds_there_at_the_first_budget"]
+        if below:  # seeds where this arm was at the target by its smallest budget and random only later
+            parts.append(f"{len(below)} there at the first budget: < {max(below):.2f}")
         return "; ".join(parts) or "n/a"
 
     for arm, e in summary["arms"].items():

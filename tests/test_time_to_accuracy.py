@@ -164,9 +164,11 @@ def test_report_pairs_seeds_bounds_an_arm_that_never_reaches_the_target_and_scor
     tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path), targets=[0.83]))
     given = json.load(open(tmp_path / "sst2-at-0.83-summary.json"))
     assert given["targets"] == [0.83] and given["targets_from"] == "given"
-    ratio = given["arms"]["mms"]["targets"]["0.83"]["ratio_to_random"]  # mms seed 0 is there at 80 s: censored
-    assert ratio["n"] == 1
-    assert ratio["median"] == pytest.approx(interpolated(0.81, 0.84, 0.83) / interpolated(0.82, 0.87, 0.83))
+    scored = given["arms"]["mms"]["targets"]["0.83"]
+    assert scored["ratio_to_random"]["n"] == 1  # seed 1; seed 0 is there at 80 s, so only bounded: 80 s / random's time
+    assert scored["ratio_to_random"]["median"] == pytest.approx(interpolated(0.81, 0.84, 0.83) / interpolated(0.82, 0.87, 0.83))
+    assert scored["ratio_below_for_seeds_there_at_the_first_budget"] == [pytest.approx(80 / interpolated(0.80, 0.86, 0.83))]
+    assert f"1 there at the first budget: < {80 / interpolated(0.80, 0.86, 0.83):.2f}" in capsys.readouterr().out
     assert os.path.exists(tmp_path / "sst2-at-0.83.png")
     assert json.load(open(tmp_path / "sst2-summary.json"))["targets"] == [0.85, 0.88]  # the default report is kept
 
