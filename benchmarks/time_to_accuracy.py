@@ -408,20 +408,30 @@ def report(args):
         entry["step_cost_over_random"] = spread(step_ratios)
         entry["ideal_step_cost"] = ideal_step_cost(ARMS[arm], inference_ratio)
         for target in targets:
-            per_seed, ratios, lower_bounds, upper_bounds = {}, [], [], []
+            per_seed, ratios, lower_bounds, upper_bounds, random_first, random_never, both_first = {}, [], [], [], [], [], 0
             for seed, runs in seeds.items():
                 mine = time_to_target([(b, r["accuracy"]) for b, r in runs.items()], target)
                 per_seed[seed] = mine
                 base = time_to_target([(b, r["accuracy"]) for b, r in random_arm.get(seed, {}).items()], target)
+                # a time censored "below" is an upper bound on the true time; one censored "above" is beyond the grid
                 if mine["censored"] is None and base["censored"] is None:
                     ratios.append(mine["interpolated"] / base["interpolated"])
-                elif mine["censored"] == "above" and base["censored"] is None:  # random got there, this arm did not
+                elif mine["censored"] == "above" and base["censored"] != "above":  # random got there, this arm did not
                     lower_bounds.append(max(runs) / base["interpolated"])
                 elif mine["censored"] == "below" and base["censored"] is None:  # this arm was there by its first budget
                     upper_bounds.append(mine["interpolated"] / base["interpolated"])
+                elif mine["censored"] is None and base["censored"] == "below":  # random was there by its first budget
+                    random_first.append(mine["interpolated"] / base["interpolated"])
+                elif mine["censored"] != "above" and base["censored"] == "above" and seed in random_arm:  # only this arm got there
+                    random_never.append(mine["interpolated"] / max(random_arm[seed]))
+                elif mine["censored"] == "below" and base["censored"] == "below":  # no ratio, either way
+                    both_first += 1
             entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios),
                                                "ratio_above_for_seeds_not_reaching": sorted(lower_bounds),
-                                               "ratio_below_for_seeds_there_at_the_first_budget": sorted(upper_bounds)}
+                                               "ratio_below_for_seeds_there_at_the_first_budget": sorted(upper_bounds),
+                                               "ratio_above_for_seeds_random_there_at_its_first_budget": sorted(random_first),
+                                               "ratio_below_for_seeds_random_not_reaching": sorted(random_never),
+                                               "seeds_both_there_at_the_first_budget": both_first}
         summary["arms"][arm] = entry
     path = os.path.join(args.results, f"{stem}-summary.json")
     with open(path, "w") as f:
@@ -448,6 +458,14 @@ def markdown_table(summary: dict, targets: tuple[float, ...]) -> str:
         below = target["ratio_below_for_seeds_there_at_the_first_budget"]
         if below:  # seeds where this arm was at the target by its smallest budget and random only later
             parts.append(f"{len(below)} there at the first budget: < {max(below):.2f}")
+        random_first = target["ratio_above_for_seeds_random_there_at_its_first_budget"]
+        if random_first:  # the mirror case: random was at the target by its smallest budget, this arm only later
+            parts.append(f"{len(random_first)} random there at its first budget: > {min(random_first):.2f}")
+        random_never = target["ratio_below_for_seeds_random_not_reaching"]
+        if random_never:  # seeds where this arm reached the target and random did not within its grid
+            parts.append(f"{len(random_never)} random not there: < {max(random_never):.2f}")
+        if target["seeds_both_there_at_the_first_budget"]:
+            parts.append(f"{target['seeds_both_there_at_the_first_budget']} both there at the first budget: no ratio")
         return "; ".join(parts) or "n/a"
 
     for arm, e in summary["arms"].items():

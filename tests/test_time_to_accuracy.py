@@ -173,6 +173,37 @@ def test_report_pairs_seeds_bounds_an_arm_that_never_reaches_the_target_and_scor
     assert json.load(open(tmp_path / "sst2-summary.json"))["targets"] == [0.85, 0.88]  # the default report is kept
 
 
+def test_report_bounds_seeds_where_random_was_at_the_target_by_its_first_budget_or_never(tmp_path, capsys):
+    # target 0.85 (given): random is there at 80 s in seeds 0-2, so its time is only known to be <= 80 s;
+    # in seed 3 it never gets there, so its time is only known to be > 160 s
+    runs = {("random", 0): {80: 0.86, 160: 0.88}, ("random", 1): {80: 0.85, 160: 0.87},
+            ("random", 2): {80: 0.90, 160: 0.91}, ("random", 3): {80: 0.80, 160: 0.84},
+            ("mms", 0): {80: 0.80, 160: 0.86},  # there later: its ratio is at least its time / 80 s
+            ("mms", 1): {80: 0.80, 160: 0.84},  # never there: its ratio is above 160 s / 80 s
+            ("mms", 2): {80: 0.88, 160: 0.90},  # both there at 80 s: no ratio either way
+            ("mms", 3): {80: 0.82, 160: 0.86}}  # there, random not: its ratio is below its time / 160 s
+    os.makedirs(tmp_path / "sst2")
+    for (arm, seed), accuracies in runs.items():
+        for budget, accuracy in accuracies.items():
+            with open(tmp_path / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
+                json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
+                           "step_seconds": 0.5}, f)
+    tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path), targets=[0.85]))
+    target = json.load(open(tmp_path / "sst2-at-0.85-summary.json"))["arms"]["mms"]["targets"]["0.85"]
+    later = 80 * 2 ** ((0.85 - 0.80) / (0.86 - 0.80)) / 80  # log-linear between 80 s and 160 s, over random's 80 s
+    assert target["ratio_to_random"] is None
+    assert target["ratio_above_for_seeds_random_there_at_its_first_budget"] == [pytest.approx(later)]
+    assert target["ratio_above_for_seeds_not_reaching"] == [pytest.approx(160 / 80)]
+    assert target["ratio_below_for_seeds_there_at_the_first_budget"] == []
+    assert target["seeds_both_there_at_the_first_budget"] == 1
+    only_mms = 80 * 2 ** ((0.85 - 0.82) / (0.86 - 0.82)) / 160
+    assert target["ratio_below_for_seeds_random_not_reaching"] == [pytest.approx(only_mms)]
+    out = capsys.readouterr().out
+    assert f"1 random there at its first budget: > {later:.2f}" in out
+    assert "1 not reached: > 2.00" in out and "1 both there at the first budget: no ratio" in out
+    assert f"1 random not there: < {only_mms:.2f}" in out
+
+
 def test_the_learning_rate_warms_up_then_reaches_zero_exactly_at_the_budget():
     factor = lambda f: tta.budget_lr_factor(f, warmup=0.1)  # noqa: E731
     assert [factor(0), factor(0.05), factor(0.1), factor(0.55), factor(1.0)] == pytest.approx([0, 0.5, 1, 0.5, 0])
