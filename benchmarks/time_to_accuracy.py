@@ -381,6 +381,37 @@ def random_targets(random_arm: dict) -> tuple[float, ...]:
     return tuple(sorted({math.floor(median(b) * 1e4 + 1e-9) / 1e4 for b in (quarter, budgets[-1])}))
 
 
+# A seed whose time to target is censored on either side gives only a bound on its ratio (arm / random): its key in
+# the summary JSON, and the words and sign the report's table prints it with.
+RATIO_BOUNDS = {
+    "ratio_above_for_seeds_not_reaching": ("not reached", ">"),
+    "ratio_below_for_seeds_there_at_the_first_budget": ("there at the first budget", "<"),
+    "ratio_above_for_seeds_random_there_at_its_first_budget": ("random there at its first budget", ">"),
+    "ratio_below_for_seeds_random_not_reaching": ("random not there", "<"),
+}
+BOTH_AT_FIRST_BUDGET = "seeds_both_there_at_the_first_budget"  # counted: no ratio, no bound
+
+
+def paired_ratio(mine: dict, base: dict, my_largest: float, random_largest: float | None) -> tuple[str, float | None] | None:
+    """One seed's arm time / random's time, from two :func:`time_to_target` results: ``("ratio_to_random", r)``
+    when both are known, ``(key of RATIO_BOUNDS, bound)`` when one is censored, ``(BOTH_AT_FIRST_BUDGET, None)``,
+    or None when neither reached the target (or random has no runs). A time censored "below" is the first budget,
+    at least the true time; one censored "above" lies beyond the largest budget."""
+    if mine["censored"] is None and base["censored"] is None:
+        return "ratio_to_random", mine["interpolated"] / base["interpolated"]
+    if mine["censored"] == "above" and base["censored"] != "above":  # random got there, this arm did not
+        return "ratio_above_for_seeds_not_reaching", my_largest / base["interpolated"]
+    if mine["censored"] == "below" and base["censored"] is None:  # this arm was there by its first budget
+        return "ratio_below_for_seeds_there_at_the_first_budget", mine["interpolated"] / base["interpolated"]
+    if mine["censored"] is None and base["censored"] == "below":  # random was there by its first budget
+        return "ratio_above_for_seeds_random_there_at_its_first_budget", mine["interpolated"] / base["interpolated"]
+    if mine["censored"] != "above" and base["censored"] == "above" and random_largest:  # only this arm got there
+        return "ratio_below_for_seeds_random_not_reaching", mine["interpolated"] / random_largest
+    if mine["censored"] == "below" and base["censored"] == "below":
+        return BOTH_AT_FIRST_BUDGET, None
+    return None
+
+
 def report(args):
     workload = WORKLOADS[args.workload]
     records = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.results, workload.name, "*.json")))]
@@ -408,30 +439,17 @@ def report(args):
         entry["step_cost_over_random"] = spread(step_ratios)
         entry["ideal_step_cost"] = ideal_step_cost(ARMS[arm], inference_ratio)
         for target in targets:
-            per_seed, ratios, lower_bounds, upper_bounds, random_first, random_never, both_first = {}, [], [], [], [], [], 0
+            per_seed, found = {}, {kind: [] for kind in ("ratio_to_random", *RATIO_BOUNDS, BOTH_AT_FIRST_BUDGET)}
             for seed, runs in seeds.items():
                 mine = time_to_target([(b, r["accuracy"]) for b, r in runs.items()], target)
                 per_seed[seed] = mine
                 base = time_to_target([(b, r["accuracy"]) for b, r in random_arm.get(seed, {}).items()], target)
-                # a time censored "below" is an upper bound on the true time; one censored "above" is beyond the grid
-                if mine["censored"] is None and base["censored"] is None:
-                    ratios.append(mine["interpolated"] / base["interpolated"])
-                elif mine["censored"] == "above" and base["censored"] != "above":  # random got there, this arm did not
-                    lower_bounds.append(max(runs) / base["interpolated"])
-                elif mine["censored"] == "below" and base["censored"] is None:  # this arm was there by its first budget
-                    upper_bounds.append(mine["interpolated"] / base["interpolated"])
-                elif mine["censored"] is None and base["censored"] == "below":  # random was there by its first budget
-                    random_first.append(mine["interpolated"] / base["interpolated"])
-                elif mine["censored"] != "above" and base["censored"] == "above" and seed in random_arm:  # only this arm got there
-                    random_never.append(mine["interpolated"] / max(random_arm[seed]))
-                elif mine["censored"] == "below" and base["censored"] == "below":  # no ratio, either way
-                    both_first += 1
-            entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(ratios),
-                                               "ratio_above_for_seeds_not_reaching": sorted(lower_bounds),
-                                               "ratio_below_for_seeds_there_at_the_first_budget": sorted(upper_bounds),
-                                               "ratio_above_for_seeds_random_there_at_its_first_budget": sorted(random_first),
-                                               "ratio_below_for_seeds_random_not_reaching": sorted(random_never),
-                                               "seeds_both_there_at_the_first_budget": both_first}
+                paired = paired_ratio(mine, base, max(runs), max(random_arm.get(seed, {}), default=None))
+                if paired:
+                    found[paired[0]].append(paired[1])
+            entry["targets"][f"{target:g}"] = {"per_seed": per_seed, "ratio_to_random": spread(found["ratio_to_random"]),
+                                               **{kind: sorted(found[kind]) for kind in RATIO_BOUNDS},
+                                               BOTH_AT_FIRST_BUDGET: len(found[BOTH_AT_FIRST_BUDGET])}
         summary["arms"][arm] = entry
     path = os.path.join(args.results, f"{stem}-summary.json")
     with open(path, "w") as f:
@@ -452,20 +470,12 @@ def markdown_table(summary: dict, targets: tuple[float, ...]) -> str:
 
     def time_cell(target):
         parts = [fmt(target["ratio_to_random"])] if target["ratio_to_random"] else []
-        above = target["ratio_above_for_seeds_not_reaching"]
-        if above:  # seeds where random reached the target within the grid and this arm did not
-            parts.append(f"{len(above)} not reached: > {min(above):.2f}")
-        below = target["ratio_below_for_seeds_there_at_the_first_budget"]
-        if below:  # seeds where this arm was at the target by its smallest budget and random only later
-            parts.append(f"{len(below)} there at the first budget: < {max(below):.2f}")
-        random_first = target["ratio_above_for_seeds_random_there_at_its_first_budget"]
-        if random_first:  # the mirror case: random was at the target by its smallest budget, this arm only later
-            parts.append(f"{len(random_first)} random there at its first budget: > {min(random_first):.2f}")
-        random_never = target["ratio_below_for_seeds_random_not_reaching"]
-        if random_never:  # seeds where this arm reached the target and random did not within its grid
-            parts.append(f"{len(random_never)} random not there: < {max(random_never):.2f}")
-        if target["seeds_both_there_at_the_first_budget"]:
-            parts.append(f"{target['seeds_both_there_at_the_first_budget']} both there at the first budget: no ratio")
+        for kind, (words, sign) in RATIO_BOUNDS.items():
+            bounds = target[kind]
+            if bounds:  # the bound that holds for every such seed: the smallest lower one, the largest upper one
+                parts.append(f"{len(bounds)} {words}: {sign} {(min if sign == '>' else max)(bounds):.2f}")
+        if target[BOTH_AT_FIRST_BUDGET]:
+            parts.append(f"{target[BOTH_AT_FIRST_BUDGET]} both there at the first budget: no ratio")
         return "; ".join(parts) or "n/a"
 
     for arm, e in summary["arms"].items():

@@ -138,15 +138,20 @@ def test_a_study_runs_each_planned_script_once_and_skips_what_exists(tmp_path, m
     assert record["arm"] == "mmr1e-3" and record["flags"][record["flags"].index("--seed") + 1] == "2"
 
 
+def write_sst2_runs(directory, runs: dict, step_seconds: dict):
+    """One run JSON per (arm, seed) and budget, as ``run`` writes them: ``runs[(arm, seed)] = {budget: accuracy}``."""
+    os.makedirs(directory / "sst2")
+    for (arm, seed), accuracies in runs.items():
+        for budget, accuracy in accuracies.items():
+            with open(directory / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
+                json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
+                           "step_seconds": step_seconds[arm]}, f)
+
+
 def test_report_pairs_seeds_bounds_an_arm_that_never_reaches_the_target_and_scores_given_targets(tmp_path, capsys):
     runs = {("random", 0): {80: 0.80, 160: 0.86}, ("random", 1): {80: 0.82, 160: 0.87},
             ("mms", 0): {80: 0.84, 160: 0.88}, ("mms", 1): {80: 0.81, 160: 0.84}}  # mms seed 1 never reaches 0.85
-    os.makedirs(tmp_path / "sst2")
-    for (arm, seed), accuracies in runs.items():
-        for budget, accuracy in accuracies.items():
-            with open(tmp_path / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
-                json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
-                           "step_seconds": 0.5 if arm == "random" else 0.75}, f)
+    write_sst2_runs(tmp_path, runs, step_seconds={"random": 0.5, "mms": 0.75})
     tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path), targets=None))
     target = json.load(open(tmp_path / "sst2-summary.json"))["arms"]["mms"]["targets"]["0.85"]
 
@@ -182,12 +187,7 @@ def test_report_bounds_seeds_where_random_was_at_the_target_by_its_first_budget_
             ("mms", 1): {80: 0.80, 160: 0.84},  # never there: its ratio is above 160 s / 80 s
             ("mms", 2): {80: 0.88, 160: 0.90},  # both there at 80 s: no ratio either way
             ("mms", 3): {80: 0.82, 160: 0.86}}  # there, random not: its ratio is below its time / 160 s
-    os.makedirs(tmp_path / "sst2")
-    for (arm, seed), accuracies in runs.items():
-        for budget, accuracy in accuracies.items():
-            with open(tmp_path / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
-                json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
-                           "step_seconds": 0.5}, f)
+    write_sst2_runs(tmp_path, runs, step_seconds={"random": 0.5, "mms": 0.5})
     tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path), targets=[0.85]))
     target = json.load(open(tmp_path / "sst2-at-0.85-summary.json"))["arms"]["mms"]["targets"]["0.85"]
     later = 80 * 2 ** ((0.85 - 0.80) / (0.86 - 0.80)) / 80  # log-linear between 80 s and 160 s, over random's 80 s
