@@ -10,7 +10,8 @@ data order. A run is only recorded if other processes used at most 15% of the CP
 takes an exclusive lock (wrap other work in ``flock /tmp/mmr-transformers-cpu.lock ...`` to queue behind it).
 
 One JSON per run under ``docs/results/time-to-accuracy/<workload>/``; existing runs are skipped, so the
-same command resumes a study. ``report`` prints the per-arm table and writes a summary JSON and a PNG.
+same command resumes a study. ``report`` prints the per-arm table (with each arm's points against random at equal
+steps, which neither its step cost nor the host's drift moves) and writes a summary JSON and a PNG.
 
     python benchmarks/time_to_accuracy.py run --workload sst2 --arms random mms mms-int8 --budgets 160 320 --seeds 0 1 2
     python benchmarks/time_to_accuracy.py report --workload sst2
@@ -381,6 +382,22 @@ def random_targets(random_arm: dict) -> tuple[float, ...]:
     return tuple(sorted({math.floor(median(b) * 1e4 + 1e-9) / 1e4 for b in (quarter, budgets[-1])}))
 
 
+# How far beyond random's own step counts (one seed) its accuracy is extrapolated, as a factor on either side.
+EQUAL_STEPS_REACH = 1.25
+
+
+def random_accuracy_at_steps(random_runs: dict, steps: int) -> float | None:
+    """Random's accuracy after ``steps`` optimizer steps (one seed), linear in log(steps) between its two runs (each
+    fully decayed at its own budget) whose step counts bracket ``steps``, or along the nearest pair up to
+    ``EQUAL_STEPS_REACH`` beyond them; None further out or with fewer than two runs. Accuracy is concave in log(steps),
+    so the extrapolation overestimates random, against the arm compared with it."""
+    points = sorted({r["steps"]: r["accuracy"] for r in random_runs.values()}.items())
+    if len(points) < 2 or not points[0][0] / EQUAL_STEPS_REACH <= steps <= points[-1][0] * EQUAL_STEPS_REACH:
+        return None
+    (s0, a0), (s1, a1) = next((pair for pair in zip(points, points[1:]) if steps <= pair[1][0]), points[-2:])
+    return a0 + (a1 - a0) * math.log(steps / s0) / math.log(s1 / s0)
+
+
 # A seed whose time to target is censored on either side gives only a bound on its ratio (arm / random): its key in
 # the summary JSON, and the words and sign the report's table prints it with.
 RATIO_BOUNDS = {
@@ -395,11 +412,14 @@ BOTH_AT_FIRST_BUDGET = "seeds_both_there_at_the_first_budget"  # counted: no rat
 def paired_ratio(mine: dict, base: dict, my_largest: float, random_largest: float | None) -> tuple[str, float | None] | None:
     """One seed's arm time / random's time, from two :func:`time_to_target` results: ``("ratio_to_random", r)``
     when both are known, ``(key of RATIO_BOUNDS, bound)`` when one is censored, ``(BOTH_AT_FIRST_BUDGET, None)``,
-    or None when neither reached the target (or random has no runs). A time censored "below" is the first budget,
-    at least the true time; one censored "above" lies beyond the largest budget."""
+    or None when neither reached the target, random has no runs, or this arm has not run random's largest budget yet
+    (its grid is incomplete, not its accuracy). A time censored "below" is the first budget, at least the true time;
+    one censored "above" lies beyond the largest budget."""
     if mine["censored"] is None and base["censored"] is None:
         return "ratio_to_random", mine["interpolated"] / base["interpolated"]
-    if mine["censored"] == "above" and base["censored"] != "above":  # random got there, this arm did not
+    if mine["censored"] == "above" and base["censored"] != "above":  # random got there, this arm did not (yet)
+        if random_largest and my_largest < random_largest:
+            return None
         return "ratio_above_for_seeds_not_reaching", my_largest / base["interpolated"]
     if mine["censored"] == "below" and base["censored"] is None:  # this arm was there by its first budget
         return "ratio_below_for_seeds_there_at_the_first_budget", mine["interpolated"] / base["interpolated"]
@@ -431,9 +451,15 @@ def report(args):
     summary = {"workload": workload.name, "inference_over_train_step": inference_ratio, "arms": {},
                "targets": list(targets), "targets_from": targets_from}
     for arm, seeds in by.items():
-        entry = {"runs": sum(len(b) for b in seeds.values()), "accuracy": {}, "targets": {}}
+        entry = {"runs": sum(len(b) for b in seeds.values()), "accuracy": {}, "points_at_equal_steps": {}, "targets": {}}
         for budget in sorted({b for runs in seeds.values() for b in runs}):
             entry["accuracy"][f"{budget:g}"] = spread([runs[budget]["accuracy"] for runs in seeds.values() if budget in runs])
+            # what this arm's steps are worth, free of its step cost and of the host's drift: points against random's
+            # accuracy at the same number of steps, same seed
+            at_equal_steps = [(runs[budget]["accuracy"], random_accuracy_at_steps(random_arm.get(seed, {}), runs[budget]["steps"]))
+                              for seed, runs in seeds.items() if budget in runs]
+            entry["points_at_equal_steps"][f"{budget:g}"] = spread([100 * (mine - base) for mine, base in at_equal_steps
+                                                                    if base is not None])
         step_ratios = [runs[b]["step_seconds"] / random_arm[s][b]["step_seconds"]
                        for s, runs in seeds.items() for b in runs if b in random_arm.get(s, {})]
         entry["step_cost_over_random"] = spread(step_ratios)
@@ -486,11 +512,18 @@ def markdown_table(summary: dict, targets: tuple[float, ...]) -> str:
 
 
 def accuracy_table(summary: dict) -> str:
+    """Per budget: the arm's median accuracy, and its points against random at equal steps (median [min, max])."""
     budgets = sorted({float(b) for e in summary["arms"].values() for b in e["accuracy"]})
-    lines = ["| arm | " + " | ".join(f"{b:g} s" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    lines = ["| arm | " + " | ".join(f"{b:g} s | points at equal steps" for b in budgets) + " |",
+             "|---|" + "---|---|" * len(budgets)]
     for arm, e in summary["arms"].items():
-        cells = [e["accuracy"].get(f"{b:g}") for b in budgets]
-        lines.append(f"| {arm} | " + " | ".join(f"{c['median']:.4f} (n={c['n']})" if c else "" for c in cells) + " |")
+        cells = []
+        for b in budgets:
+            accuracy, points = e["accuracy"].get(f"{b:g}"), e["points_at_equal_steps"].get(f"{b:g}")
+            cells.append(f"{accuracy['median']:.4f} (n={accuracy['n']})" if accuracy else "")
+            cells.append(f"{points['median']:+.2f} [{points['min']:+.2f}, {points['max']:+.2f}] (n={points['n']})"
+                         if points else "")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

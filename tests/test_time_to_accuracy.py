@@ -145,7 +145,7 @@ def write_sst2_runs(directory, runs: dict, step_seconds: dict):
         for budget, accuracy in accuracies.items():
             with open(directory / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
                 json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
-                           "step_seconds": step_seconds[arm]}, f)
+                           "step_seconds": step_seconds[arm], "steps": round(budget / step_seconds[arm])}, f)
 
 
 def test_report_pairs_seeds_bounds_an_arm_that_never_reaches_the_target_and_scores_given_targets(tmp_path, capsys):
@@ -202,6 +202,25 @@ def test_report_bounds_seeds_where_random_was_at_the_target_by_its_first_budget_
     assert f"1 random there at its first budget: > {later:.2f}" in out
     assert "1 not reached: > 2.00" in out and "1 both there at the first budget: no ratio" in out
     assert f"1 random not there: < {only_mms:.2f}" in out
+
+
+def test_points_at_equal_steps_compare_with_randoms_accuracy_interpolated_in_log_steps(tmp_path, capsys):
+    # random (0.1 s a step): 1000 steps -> 0.50, 2000 -> 0.60; so 0.10 per doubling of the steps
+    runs = {("random", 0): {100: 0.50, 200: 0.60},
+            ("mms", 0): {141.42: 0.58},  # 1414 steps at 0.1 s: half a doubling past 1000, random 0.55 -> +3 points
+            ("selective-backprop", 0): {70: 0.40,  # 700 steps: further below random's 1000 than 1.25x, so not compared
+                        237.84: 0.615},  # 2378 steps: a quarter doubling past 2000, random 0.625 (extrapolated) -> -1
+            ("prune-margin", 0): {100: 0.52}}  # short of 0.55 at 100 s, 200 s not run yet: no bound on its time
+    write_sst2_runs(tmp_path, runs, step_seconds={"random": 0.1, "mms": 0.1, "selective-backprop": 0.1, "prune-margin": 0.1})
+    tta.report(argparse.Namespace(workload="sst2", results=str(tmp_path), targets=[0.55]))
+    arms = json.load(open(tmp_path / "sst2-at-0.55-summary.json"))["arms"]
+    half, quarter = math.log(1414 / 1000) / math.log(2), math.log(2378 / 2000) / math.log(2)  # 0.5 and 0.25, rounded steps
+    assert arms["mms"]["points_at_equal_steps"]["141.42"]["median"] == pytest.approx(100 * (0.58 - 0.50 - 0.10 * half))
+    assert arms["selective-backprop"]["points_at_equal_steps"]["237.84"]["median"] == pytest.approx(100 * (0.615 - 0.60 - 0.10 * quarter))
+    assert arms["selective-backprop"]["points_at_equal_steps"]["70"] is None
+    assert arms["random"]["points_at_equal_steps"]["100"] == {"median": 0.0, "min": 0.0, "max": 0.0, "n": 1}
+    assert arms["prune-margin"]["targets"]["0.55"]["ratio_above_for_seeds_not_reaching"] == []
+    assert "| mms |" in (out := capsys.readouterr().out) and "+3.00 [+3.00, +3.00] (n=1)" in out
 
 
 def test_the_learning_rate_warms_up_then_reaches_zero_exactly_at_the_budget():
