@@ -390,7 +390,8 @@ def random_accuracy_at_steps(random_runs: dict, steps: int) -> float | None:
     """Random's accuracy after ``steps`` optimizer steps (one seed), linear in log(steps) between its two runs (each
     fully decayed at its own budget) whose step counts bracket ``steps``, or along the nearest pair up to
     ``EQUAL_STEPS_REACH`` beyond them; None further out or with fewer than two runs. Accuracy is concave in log(steps),
-    so the extrapolation overestimates random, against the arm compared with it."""
+    so the chord underestimates random between its runs (in the arm's favour, most at mid-interval) and overestimates
+    it beyond them (against the arm)."""
     points = sorted({r["steps"]: r["accuracy"] for r in random_runs.values()}.items())
     if len(points) < 2 or not points[0][0] / EQUAL_STEPS_REACH <= steps <= points[-1][0] * EQUAL_STEPS_REACH:
         return None
