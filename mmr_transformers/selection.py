@@ -96,14 +96,6 @@ def selective_backprop_priority(logits, weight, labels, generator):
     return percentile_draw(F.cross_entropy(logits.float(), labels, reduction="none"), generator)
 
 
-@register_selection_strategy("mms_sampled", draws=True)
-def mms_sampled_priority(logits, weight, labels, generator):
-    """Selective Backprop's draw on the Minimal Margin Score instead of the loss: rows weighted by their in-batch
-    percentile of smallness of the margin (:func:`percentile_draw`), so near-boundary rows are likely, not certain,
-    and no labels are needed."""
-    return percentile_draw(-minimal_margin_scores(logits, weight), generator)
-
-
 def get_selection_strategy(name: str) -> SelectionStrategy:
     try:
         return SELECTION_STRATEGIES[name]

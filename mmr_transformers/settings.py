@@ -59,7 +59,7 @@ class MMRSettings:
             "help": "Which b of the k·b candidates each step trains on: 'none' (plain training), 'mms' (smallest "
             "minimal margin score), 'loss' (largest cross-entropy, needs labels), 'entropy' (most uncertain), "
             "'random' (a random subset of the scored candidates), 'selective_backprop' (a draw weighted by loss "
-            "percentile, needs labels), 'mms_sampled' (a draw weighted by margin percentile).",
+            "percentile, needs labels).",
             "choices": _SelectionChoices(),
         },
     )

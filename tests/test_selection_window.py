@@ -1,5 +1,4 @@
-"""Selective Backprop's loss-percentile draw and its margin twin (``mms_sampled``) against their exact
-probabilities, and the selection window (start, end, interrupt) against the steps it must score."""
+"""Selective Backprop's loss-percentile draw against its exact probabilities, and the selection window (start, end, interrupt) against the steps it must score."""
 
 import itertools
 
@@ -35,26 +34,6 @@ def test_selective_backprop_draws_rows_with_their_loss_percentile_as_weight(num_
     counts = torch.zeros(4)
     for seed in range(draws):
         counts[select_candidates("selective_backprop", logits, torch.eye(2), num_keep, labels,
-                                 torch.Generator().manual_seed(seed))] += 1
-    assert (counts / draws - torch.tensor(expected)).abs().max() < 0.02  # the std of each share is below 0.006
-
-
-@pytest.mark.parametrize("num_keep", [1, 2])
-def test_mms_sampled_draws_rows_with_their_margin_smallness_percentile_as_weight(num_keep):
-    weight = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])  # ||W_i - W_j||: sqrt 5, sqrt 2, sqrt 5
-    logits = torch.tensor([[3.0, 0.1, 0.0], [0.0, 1.0, 0.5], [0.2, 0.0, -0.1], [0.3, 0.0, 1.0]])
-    norms = {(0, 1): 5 ** 0.5, (0, 2): 2 ** 0.5, (1, 2): 5 ** 0.5}
-    margins = []  # the top-two gap over ||W[i1] - W[i2]||, by hand
-    for row in logits.tolist():
-        first, second = sorted(range(3), key=lambda c: -row[c])[:2]
-        margins.append((row[first] - row[second]) / norms[tuple(sorted((first, second)))])
-    by_smallness = sorted(range(4), key=lambda i: -margins[i])  # the largest margin has rank 0
-    percentile = {row: (rank + 0.5) / 4 for rank, row in enumerate(by_smallness)}
-    expected = exact_inclusion([percentile[i] for i in range(4)], num_keep)
-    draws = 8000
-    counts = torch.zeros(4)
-    for seed in range(draws):
-        counts[select_candidates("mms_sampled", logits, weight, num_keep, None,
                                  torch.Generator().manual_seed(seed))] += 1
     assert (counts / draws - torch.tensor(expected)).abs().max() < 0.02  # the std of each share is below 0.006
 

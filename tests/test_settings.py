@@ -85,7 +85,7 @@ def test_values_that_cannot_be_used_are_refused(settings, message, output_dir):
 
 @pytest.mark.parametrize("strategy", sorted(SELECTION_STRATEGIES))
 def test_cached_selection_refuses_exactly_the_strategies_that_draw_within_a_batch(strategy, output_dir):
-    drawing = {"random", "selective_backprop", "mms_sampled"}  # their keys are random draws relative to their batch
+    drawing = {"random", "selective_backprop"}  # their keys are random draws relative to their batch
     assert SELECTION_STRATEGIES[strategy].draws == (strategy in drawing)
     if strategy in drawing:
         scoring = ", ".join(f"'{name}'" for name in sorted(set(SELECTION_STRATEGIES) - drawing))
