@@ -144,8 +144,9 @@ def write_sst2_runs(directory, runs: dict, step_seconds: dict):
     for (arm, seed), accuracies in runs.items():
         for budget, accuracy in accuracies.items():
             with open(directory / "sst2" / f"{arm}-budget{budget}-seed{seed}.json", "w") as f:
-                json.dump({"arm": arm, "seed": seed, "budget_seconds": budget, "accuracy": accuracy,
-                           "step_seconds": step_seconds[arm], "steps": round(budget / step_seconds[arm])}, f)
+                json.dump({"arm": arm, "settings": tta.ARMS[arm], "seed": seed, "budget_seconds": budget,
+                           "accuracy": accuracy, "step_seconds": step_seconds[arm],
+                           "steps": round(budget / step_seconds[arm])}, f)
 
 
 def test_report_pairs_seeds_bounds_an_arm_that_never_reaches_the_target_and_scores_given_targets(tmp_path, capsys):
