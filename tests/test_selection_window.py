@@ -1,4 +1,5 @@
-"""Selective Backprop's loss-percentile draw against its exact probabilities, and the selection window (start, end, interrupt) against the steps it must score."""
+"""Selective Backprop's loss-percentile draw against its exact probabilities, and the selection window
+(start, end, interrupt) against the steps it must score."""
 
 import itertools
 
