@@ -440,6 +440,7 @@ def report(args):
     by = {}
     for r in records:
         by.setdefault(r["arm"], {}).setdefault(r["seed"], {})[r["budget_seconds"]] = r
+    settings = {r["arm"]: r["settings"] for r in records}  # as each run stored them: a deleted arm's too
     random_arm = by.get("random", {})
     inference = [r["inference_over_train_step"] for seeds in random_arm.values() for r in seeds.values()
                  if "inference_over_train_step" in r]
@@ -463,8 +464,7 @@ def report(args):
         step_ratios = [runs[b]["step_seconds"] / random_arm[s][b]["step_seconds"]
                        for s, runs in seeds.items() for b in runs if b in random_arm.get(s, {})]
         entry["step_cost_over_random"] = spread(step_ratios)
-        any_run = next(iter(next(iter(seeds.values())).values()))
-        entry["ideal_step_cost"] = ideal_step_cost(any_run["settings"], inference_ratio)  # a deleted arm's too
+        entry["ideal_step_cost"] = ideal_step_cost(settings[arm], inference_ratio)
         for target in targets:
             per_seed, found = {}, {kind: [] for kind in ("ratio_to_random", *RATIO_BOUNDS, BOTH_AT_FIRST_BUDGET)}
             for seed, runs in seeds.items():
