@@ -291,7 +291,9 @@ def train_round(args: argparse.Namespace, data: dict, labelled: list[int], seed:
     names = data["label_names"]
     if args.images:  # from scratch: SGD with Nesterov momentum and a cosine schedule
         model = build_model(args.image_model, len(names))
-        mode = {"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True})}
+        # the Trainer passes these kwargs alone (no lr from its arguments) to the optimizer class
+        sgd = {"lr": args.learning_rate, "momentum": 0.9, "nesterov": True}
+        mode = {"optimizer_cls_and_kwargs": (torch.optim.SGD, sgd)}
         mode_args = {"lr_scheduler_type": "cosine", "remove_unused_columns": False}
     else:
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -23,7 +23,7 @@ import transformers
 from transformers import BertTokenizerFast
 
 from builders import REPO, load_script, rows, tiny_model, token_dataset
-from mmr_transformers import QUERY_STRATEGIES, select_for_labeling
+from mmr_transformers import QUERY_STRATEGIES, MMRTrainer, select_for_labeling
 from mmr_transformers.recipes.frozen_probe import LinearProbe, ProbeClassifier
 from reference import brute_force_mms, classifier_linear, independent_features
 
@@ -495,13 +495,31 @@ def folder_images(image_dir, split):
     return torch.stack([image for image, _ in folder]), np.array(folder.targets)
 
 
+@pytest.fixture
+def optimizers(monkeypatch):
+    """The settings of every optimizer the script creates, as created (before the schedule changes its lr)."""
+    settings = []
+    original = MMRTrainer.create_optimizer
+
+    def recording(self, *args, **kwargs):
+        optimizer = original(self, *args, **kwargs)
+        settings.append((type(optimizer).__name__, [{k: g[k] for k in ("lr", "momentum", "nesterov", "weight_decay")}
+                                                    for g in optimizer.param_groups]))
+        return optimizer
+
+    monkeypatch.setattr(MMRTrainer, "create_optimizer", recording)
+    return settings
+
+
 def test_the_image_loop_trains_a_resnet_per_round_and_labels_the_smallest_margins_of_the_unaugmented_pool(
-        image_dir, tmp_path, trained):
+        image_dir, tmp_path, trained, optimizers):
     records = run_active_learning.main(image_argv(image_dir, str(tmp_path / "al"), "--strategy", "mms", "random",
                                                   "--seed", "2", "--rounds", "2"))
     pool, _ = folder_images(image_dir, "train")
     test, test_labels = folder_images(image_dir, "test")
     assert len(trained) == 6 and [r["strategy"] for r in records] == ["mms", "random"]
+    decayed = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}  # --learning_rate's default, 0.1
+    assert optimizers == [("SGD", [decayed, {**decayed, "weight_decay": 0.0}])] * 6
     for record, models in zip(records, (trained[:3], trained[3:])):
         rounds = record["rounds"]
         assert [r["labels_spent"] for r in rounds] == [6, 11, 16] and record["num_classes"] == 3
