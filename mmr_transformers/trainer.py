@@ -287,6 +287,7 @@ class MMRTrainer(Trainer):
             self._pending_scores = selection_priority(
                 self.strategy, logits.detach(), captured.weight.detach(), labels, self._selection_generator(0)
             )
+        loss = self._rescaled_loss(loss, scale)
         if penalize:
             penalty = multi_margin_penalty(captured.features_for(logits), logits, labels, captured.weight)
             alpha = self.current_mmr_alpha()
@@ -301,9 +302,18 @@ class MMRTrainer(Trainer):
             self._window.record("mmr/alpha", alpha)
             if self.compute_loss_func is not None:  # its loss is already scaled for accumulation; R is a batch mean
                 penalty = penalty / self.current_gradient_accumulation_steps
+            if scale is not None:  # R is a per-batch mean, whatever the loss is
+                penalty = penalty * scale
             loss = loss + (alpha * penalty).to(loss.dtype)
-        loss = loss if scale is None else loss * scale
         return (loss, outputs) if return_outputs else loss
+
+    def _rescaled_loss(self, loss: torch.Tensor, scale: float | None) -> torch.Tensor:
+        """The loss of a micro-batch that shares its optimizer step with placeholders: the model's loss is a
+        per-batch mean and takes ``scale``; a ``compute_loss_func``'s, normalised by ``num_items_in_batch``, which
+        counts real labels only, over all processes (``average_tokens_across_devices``), is exact as it is."""
+        if scale is None or (self.compute_loss_func is not None and self.args.average_tokens_across_devices):
+            return loss
+        return loss * scale
 
     # ---- Selective sampling ---------------------------------------------------------------------
 
@@ -410,8 +420,9 @@ class MMRTrainer(Trainer):
     # make several processes train other rows than one process with gradient accumulation. So each micro-batch
     # keeps only its real rows; a process left with none runs a *placeholder*: one row forwarded with a zero
     # loss, so the gradient all-reduce still happens, and nothing is counted, scored or cached. The real
-    # micro-batches of that step scale their loss by (micro-batches in the step) / (real micro-batches), which
-    # gives the gradient that one process with accumulation computes over the real micro-batches alone.
+    # micro-batches of that step scale their per-batch means (the model's loss, R) by (micro-batches in the step) /
+    # (real micro-batches), which gives the gradient that one process with accumulation computes over the real
+    # micro-batches alone (a ``compute_loss_func``'s loss, divided by the real labels of the step, needs no scale).
 
     LOSS_SCALE = "mmr_loss_scale"
 

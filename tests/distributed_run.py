@@ -2,6 +2,7 @@
 the test process (``main(argv)``) for the single-process reference runs.
 
 ``--num_samples`` sets the training set's size (50 with 2 processes × 8 candidates: an uneven last round);
+``--mean_loss_func`` trains with a ``compute_loss_func`` (the step's mean cross-entropy, over ``num_items_in_batch``);
 ``--fsdp_on_cpu`` lets Accelerate's FSDP run on CPU processes (see ``allow_fsdp_on_cpu``); ``--check_stream_refusal``
 and ``--check_int8_refusal`` first check that a several-process run over an IterableDataset, and the int8 scorer of
 a sharded model, are refused.
@@ -24,6 +25,7 @@ from unittest import mock
 sys.path.insert(0, os.path.dirname(__file__))
 
 from safetensors.torch import save_file  # noqa: E402
+from torch.nn.functional import cross_entropy  # noqa: E402
 from torch.utils.data import IterableDataset  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
@@ -38,6 +40,12 @@ class RunOptions:
     fsdp_on_cpu: bool = False
     check_stream_refusal: bool = False
     check_int8_refusal: bool = False
+    mean_loss_func: bool = False
+
+
+def mean_cross_entropy(outputs, labels, num_items_in_batch=None):
+    """A ``compute_loss_func``: the micro-batch's share of the step's mean cross-entropy over its labelled rows."""
+    return cross_entropy(outputs["logits"], labels, reduction="sum") / num_items_in_batch
 
 
 def allow_fsdp_on_cpu():
@@ -125,7 +133,8 @@ def main(argv=None):
             refused = str(error)
         with open(os.path.join(args.output_dir, f"int8-refusal-rank{args.process_index}.txt"), "w") as f:
             f.write(refused)
-    trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(options.num_samples))
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(options.num_samples),
+                               compute_loss_func=mean_cross_entropy if options.mean_loss_func else None)
     logits_dtypes, penalty_dtypes = set(), set()
     model.register_forward_hook(lambda module, inputs, output: logits_dtypes.add(str(output.logits.dtype)))
     penalty = trainer_module.multi_margin_penalty

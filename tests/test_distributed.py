@@ -135,6 +135,22 @@ def test_uneven_data_trains_only_real_candidates_as_one_process_would(uneven_run
     assert [h["mmr/samples_trained"] for h in logs] == [8, 8, 8, 1] and logs[-1]["mmr/samples_scored"] == 2
 
 
+@pytest.fixture(scope="module")
+def uneven_loss_func_runs(tmp_path_factory):
+    return two_processes_and_one(tmp_path_factory, "uneven-loss-func", [*UNEVEN, "--mean_loss_func", "true"])
+
+
+def test_uneven_data_with_a_compute_loss_func_ends_where_one_process_ends(uneven_loss_func_runs):
+    """A compute_loss_func's loss is divided by the step's real labels over both processes (num_items_in_batch), so
+    the last step, where rank 1 holds a placeholder, must not scale it up again; R, a batch mean, still is."""
+    base, two, one = uneven_loss_func_runs
+    assert [len(b) for b in two[1]["trained"]] == [4, 4, 4, 0] and [len(b) for b in one["trained"]][-1] == 1
+    (_, two_losses, two_weights), (_, one_losses, one_weights) = read(base / "two", 2), read(base / "one", 1)
+    assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    for name in one_weights:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6)
+
+
 def test_several_processes_over_an_iterable_dataset_are_refused_without_drop_last(uneven_runs):
     for rank in range(2):
         message = (uneven_runs[0] / "two" / f"stream-refusal-rank{rank}.txt").read_text()
