@@ -36,7 +36,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .batching import batch_size_of, logits_of, take_rows, trim_padding
 from .diagnostics_callback import MarginDiagnosticsCallback
 from .heads import ClassifierHead, check_classification_head, find_classifier
-from .margins import check_class_labels, multi_margin_penalty
+from .margins import IGNORE_INDEX, check_class_labels, multi_margin_penalty
 from .pruning import PruningBatchSampler, learned_score, weighted_cross_entropy
 from .sampler import CachedScoreBatchSampler, IndexedCollator, IndexedDataset, ScoreCache
 from .schedules import alpha_at
@@ -573,11 +573,15 @@ class MMRTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         indices = inputs.pop(self.SAMPLE_INDEX).to(self.args.device)
         placeholder = self._is_placeholder(inputs)
+        labels = inputs.get("labels")  # before the loss, which may pop them
         loss = super().training_step(model, inputs, num_items_in_batch)
-        scores = self._pending_scores.double()
         if placeholder:  # nothing trained: nothing to cache
             indices, scores = torch.full_like(indices, -1), torch.zeros(len(indices), dtype=torch.float64,
                                                                         device=self.args.device)
+        else:
+            scores = self._pending_scores.double().to(self.args.device)
+            if labels is not None:  # a row the loss skips (IGNORE_INDEX) may have no score: it stays uncached
+                indices = indices.masked_fill((labels.to(indices.device) == IGNORE_INDEX) & scores.isnan(), -1)
         pad = dict(dim=0, pad_index=-1)
         indices = self.accelerator.gather(self.accelerator.pad_across_processes(indices, **pad))
         scores = self.accelerator.gather(self.accelerator.pad_across_processes(scores.to(self.args.device), **pad))

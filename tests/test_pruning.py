@@ -147,6 +147,21 @@ def test_the_trainer_trains_what_the_pruning_rule_and_the_weighted_loss_say(outp
     assert pruned[0] == 0 and max(pruned) > 0 and pruned[-1] == 0  # first round full, annealed at the end
 
 
+@pytest.mark.parametrize("kind", ["margin", "loss"])
+def test_rows_the_loss_skips_stay_uncached_and_every_trained_row_is_scored(output_dir, kind):
+    """A label of -100 has no learned-ness score (NaN); it must not read as a diverged model."""
+    skipped = {0, 5, 9}
+    data = token_dataset(16).map(lambda row, i: {"labels": -100 if i in skipped else row["labels"]}, with_indices=True)
+    args = make_args(output_dir, mmr_alpha=0.0, prune_score=kind, prune_ratio=0.5, max_steps=8, train_sampling_strategy="sequential")
+    trainer = RecordingTrainer(model=tiny_model("bert"), args=args, train_dataset=data)
+    trainer.train()
+    keys = [row_key(r) for r in data["input_ids"]]
+    trained = {keys.index(k) for batch in trainer.trained for k in batch}
+    assert skipped < trained and len(trained) == 16
+    scored = {i for i, score in enumerate(trainer._sampler.scores.tolist()) if score == score}
+    assert scored == trained - skipped
+
+
 def test_resume_mid_epoch_reproduces_the_uninterrupted_pruned_run(tmp_path):
     data = token_dataset(16)
     model = tiny_model("bert")
