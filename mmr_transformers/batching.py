@@ -7,9 +7,16 @@ pass through the padding helpers unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Any
 
 import torch
+
+
+def as_written(value: float) -> Fraction:
+    """A setting as the decimal it prints as, exactly: ``ceil(as_written(1.1) * 50)`` is 55, where the float
+    product 55.000000000000007 would give 56 (and ``21 / 1.4`` 15.000000000000002, so 16, not 15)."""
+    return Fraction(str(value))
 
 
 def batch_size_of(batch: Mapping[str, Any]) -> int:

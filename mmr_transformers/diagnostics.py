@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batching import logits_of
+from .batching import as_written, logits_of
 from .heads import ClassifierHead, find_classifier
 from .margins import IGNORE_INDEX, _at_least_fp32, minimal_margin_scores, multi_margin_penalty
 from .selection import lowest
@@ -80,7 +80,7 @@ def margin_diagnostics(
     margins, top1, top2, labels, norms = (samples[key] for key in ("margins", "top1", "top2", "labels", "feature_norm"))
     num_samples, num_classes = len(margins), head.num_classes
     values = torch.quantile(margins, torch.tensor(quantiles, dtype=margins.dtype)).tolist()
-    lowest_rows = lowest(margins, math.ceil(lowest_share * num_samples))
+    lowest_rows = lowest(margins, math.ceil(as_written(lowest_share) * num_samples))
     stats = {
         "num_samples": num_samples,
         "num_classes": num_classes,

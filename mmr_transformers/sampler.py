@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .batching import as_written
+
 
 class ScoreCache(Sampler):
     """A batch sampler's per-sample score cache and the plan of its current pass, shared by the cached-score and the
@@ -97,7 +99,7 @@ class CachedScoreBatchSampler(ScoreCache):
 
     @property
     def samples_per_pass(self) -> int:
-        return math.ceil(self.num_samples / self.ratio)
+        return math.ceil(self.num_samples / as_written(self.ratio))
 
     def __len__(self) -> int:
         full, rest = divmod(self.samples_per_pass, self.batch_size)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .batching import batch_size_of, chunked_logits
+from .batching import as_written, batch_size_of, chunked_logits
 from .heads import ClassifierHead
 from .margins import minimal_margin_scores
 
@@ -107,7 +107,7 @@ def get_selection_strategy(name: str) -> SelectionStrategy:
 
 def num_to_keep(num_candidates: int, ratio: float, batch_size: int) -> int:
     """``min(b, ceil(n / k))``: a full candidate batch of ``ceil(k·b)`` keeps ``b``, a short last one keeps its share."""
-    return max(1, min(batch_size, math.ceil(num_candidates / ratio)))
+    return max(1, min(batch_size, math.ceil(num_candidates / as_written(ratio))))
 
 
 def select_candidates(

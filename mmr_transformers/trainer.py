@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .batching import batch_size_of, logits_of, take_rows, trim_padding
+from .batching import as_written, batch_size_of, logits_of, take_rows, trim_padding
 from .diagnostics_callback import MarginDiagnosticsCallback
 from .heads import ClassifierHead, check_classification_head, find_classifier
 from .margins import IGNORE_INDEX, check_class_labels, multi_margin_penalty
@@ -319,7 +319,7 @@ class MMRTrainer(Trainer):
 
     def candidate_batch_size(self) -> int:
         """Samples per candidate micro-batch: ``ceil(k·b)``."""
-        return math.ceil(self.mmr.selection_ratio * self._train_batch_size)
+        return math.ceil(as_written(self.mmr.selection_ratio) * self._train_batch_size)
 
     def get_train_dataloader(self):
         """The real (Accelerate-prepared) DataLoader: candidate batches of ``ceil(k·b)`` with fresh selection,

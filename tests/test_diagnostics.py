@@ -246,3 +246,9 @@ def test_the_plot_command_reads_a_study_records_embedded_diagnostics(mmr_run, tm
         json.dump({"run": "y"}, f)
     with pytest.raises(SystemExit, match="holds no evaluation records"):
         plot_margins.load_run(str(tmp_path / "empty.json"))
+
+
+def test_the_lowest_share_counts_the_ceiling_of_the_share_as_written():
+    """0.07 of 100 samples is 7 (the float product 7.000000000000001 would count 8)."""
+    got = margin_diagnostics(spread_model(), batches_of(token_dataset(100)), lowest_share=0.07)
+    assert sum(pair["count"] for pair in got["lowest_margin_pairs"]) == 7

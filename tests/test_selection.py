@@ -11,6 +11,8 @@ from mmr_transformers.selection import (
     register_selection_strategy,
     select_candidates,
 )
+from builders import make_args, tiny_model
+from mmr_transformers import CachedScoreBatchSampler, MMRTrainer
 from reference import brute_force_cross_entropy, brute_force_mms
 
 
@@ -83,3 +85,19 @@ def test_a_new_strategy_is_one_registered_function():
 @pytest.mark.parametrize("n, ratio, b, expected", [(32, 4, 8, 8), (12, 4, 8, 3), (1, 4, 8, 1), (20, 2.5, 8, 8), (8, 1, 8, 8)])
 def test_num_to_keep(n, ratio, b, expected):
     assert num_to_keep(n, ratio, b) == expected
+
+
+@pytest.mark.parametrize("ratio, tenths", [(1.1, 11), (1.4, 14), (2.2, 22), (3.3, 33), (4.0, 40)])
+def test_counts_from_a_ratio_are_ceilings_of_the_decimal_as_written(ratio, tenths, tmp_path):
+    """ceil(k·b) candidates, ceil(n/k) kept, ceil(N/k) per cached pass: computed from k as written (11/10 for
+    1.1), where float arithmetic gives 1.1·50 = 55.000000000000007 and 21/1.4 = 15.000000000000002."""
+    def ceil_div(a, b):  # the exact integer ceiling of a / b
+        return -(-a // b)
+
+    for batch_size in (10, 25, 50, 90):
+        args = make_args(str(tmp_path), selection="mms", selection_ratio=ratio, per_device_train_batch_size=batch_size)
+        trainer = MMRTrainer(model=tiny_model("bert"), args=args)
+        assert trainer.candidate_batch_size() == ceil_div(tenths * batch_size, 10)
+    for n in range(1, 300):
+        assert num_to_keep(n, ratio, 10**6) == ceil_div(10 * n, tenths)
+        assert CachedScoreBatchSampler(n, 8, ratio).samples_per_pass == ceil_div(10 * n, tenths)
