@@ -549,13 +549,14 @@ class MMRTrainer(Trainer):
             dataset = self._remove_unused_columns(dataset, description="training")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="training")
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed  # as the Trainer's samplers
         if self.mmr.pruning_enabled:
             self._sampler = PruningBatchSampler(len(dataset), self._train_batch_size, self.mmr.prune_ratio,
-                                                self.mmr.prune_anneal, self.training_progress, seed=self.args.seed)
+                                                self.mmr.prune_anneal, self.training_progress, seed=seed)
         else:
             self._sampler = CachedScoreBatchSampler(
                 len(dataset), self._train_batch_size, self.mmr.selection_ratio, self.mmr.selection_exploration,
-                seed=self.args.seed, drop_last=self.args.dataloader_drop_last,
+                seed=seed, drop_last=self.args.dataloader_drop_last,
             )
         keys = (self.SAMPLE_INDEX, self.SAMPLE_WEIGHT)
         loader = DataLoader(

@@ -141,3 +141,13 @@ def test_resume_needs_the_sampler_state_of_a_cached_run(tmp_path):
 def test_cached_selection_needs_a_strategy(output_dir):
     with pytest.raises(ValueError, match="selection_source='cached' needs a selection strategy"):
         make_args(output_dir, selection_source="cached")
+
+
+def test_the_cached_and_pruning_samplers_draw_from_data_seed_when_it_is_set(output_dir):
+    """Like the Trainer's own samplers: data_seed if set, else seed."""
+    for options in (dict(selection="mms", selection_source="cached"), dict(prune_score="loss", max_steps=4)):
+        for seeds, expected in (({"seed": 1, "data_seed": 5}, 5), ({"seed": 1}, 1)):
+            args = make_args(output_dir, mmr_alpha=0.0, **options, **seeds)
+            trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(16))
+            trainer.get_train_dataloader()
+            assert trainer._sampler.generator.initial_seed() == expected, (options, seeds)
