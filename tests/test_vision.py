@@ -207,3 +207,16 @@ def test_imagefolder_without_split_folders_says_what_it_needs(tmp_path):
     (tmp_path / "cats").mkdir()
     with pytest.raises(ValueError, match=r"needs a 'train' folder of class folders \(ImageFolder\); found \['cats'\]"):
         run_image.main(["--dataset", "imagefolder", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--use_cpu"])
+
+
+def test_images_of_another_size_than_image_size_are_refused_with_the_fix(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / split / "cats").mkdir(parents=True)
+        Image.new("RGB", (40, 36)).save(tmp_path / split / "cats" / "0.png")
+    with pytest.raises(ValueError, match=r"training images are 40×36 \(the first one\), but image_size is 32.*"
+                                         r"Pass image_size=40"):
+        load_image_datasets("imagefolder", str(tmp_path))
+    train, evaluation, _ = load_image_datasets("imagefolder", str(tmp_path), image_size=40)
+    assert train[0]["pixel_values"].shape == evaluation[0]["pixel_values"].shape == (3, 40, 40)

@@ -138,6 +138,16 @@ def load_image_datasets(dataset: str, data_dir: str | None = None, download: boo
     sources = {train: _source(dataset, data_dir, train, download) for train in (True, False)}
     classes = getattr(sources[True], "classes", None)
     num_classes = len(classes) if classes is not None else len(set(sources[True].targets))
+    if image_size <= 32:  # the CIFAR pipeline crops training images to image_size and takes the others as they are
+        for train, source in sources.items():
+            if len(source) and source[0][0].size != (image_size, image_size):
+                width, height = source[0][0].size
+                raise ValueError(
+                    f"the {'training' if train else 'evaluation'} images are {width}×{height} (the first one), but "
+                    f"image_size is {image_size}: the CIFAR pipeline (image_size <= 32) trains on random "
+                    f"{image_size}×{image_size} crops and evaluates whole images, so both would differ. Pass "
+                    f"image_size={max(width, height)} (above 32: random resized crops, and resize with a centre crop "
+                    "for evaluation), or resize the images to it.")
     built = []
     for train, limit in ((True, max_train_samples), (False, max_eval_samples)):
         transform = image_transforms(train, image_size, normalization, cutout, autoaugment)
