@@ -55,13 +55,14 @@ class LogWindow:
 
     Every process declares the same metrics up front (``name -> "mean" | "total" | "latest"``), so the
     collective has one shape everywhere even when a process recorded nothing (e.g. a placeholder step).
-    ``mean``: the mean of all values recorded on all processes; ``total``: the sum; ``latest``: the mean over
-    processes of each one's latest value. A mean or latest value nobody recorded is left out of the log.
+    ``mean``: the mean of all values recorded on all processes, a value recorded as the mean of ``count`` values
+    weighing ``count``; ``total``: the sum; ``latest``: the mean over processes of each one's latest value. A mean
+    or latest value nobody recorded is left out of the log.
     """
 
     def __init__(self, metrics: dict[str, str]):
         self.metrics = metrics
-        self.values: dict[str, list[float]] = defaultdict(list)
+        self.values: dict[str, list[tuple[float, int]]] = defaultdict(list)
         self.scoring_seconds = 0.0
         self.started: float | None = None
 
@@ -70,10 +71,11 @@ class LogWindow:
         if self.started is None:
             self.started = time.perf_counter()
 
-    def record(self, name: str, value: float) -> None:
+    def record(self, name: str, value: float, count: int = 1) -> None:
+        """``value``: one value, or the mean of ``count`` values (e.g. over a micro-batch's samples)."""
         if name not in self.metrics:
             raise KeyError(f"{name!r} is not a declared metric of this run: {sorted(self.metrics)}")
-        self.values[name].append(float(value))
+        self.values[name].append((float(value), count))
 
     def add_scoring_time(self, seconds: float) -> None:
         self.scoring_seconds += seconds
@@ -87,11 +89,11 @@ class LogWindow:
         for name, kind in self.metrics.items():
             values = self.values.get(name, [])
             if kind == "mean":
-                local += [sum(values), len(values)]
+                local += [sum(value * count for value, count in values), sum(count for _, count in values)]
             elif kind == "total":
-                local += [sum(values), 1]
+                local += [sum(value for value, _ in values), 1]
             else:
-                local += [values[-1] if values else 0.0, 1 if values else 0]
+                local += [values[-1][0] if values else 0.0, 1 if values else 0]
         gathered = gather(torch.tensor([local], dtype=torch.float64)).sum(dim=0).tolist()
         reduced = {}
         for i, (name, kind) in enumerate(self.metrics.items()):
@@ -495,8 +497,8 @@ class MMRTrainer(Trainer):
                 f"{self.state.global_step}: non-finite scores mean the model has diverged (NaN/inf weights or features). "
                 "Lower the learning rate, clip gradients (max_grad_norm), and resume from the last checkpoint."
             )
-        self._window.record("mmr/mms_candidates", chosen.margins.mean().item())
-        self._window.record("mmr/mms_selected", chosen.margins[chosen.keep].mean().item())
+        self._window.record("mmr/mms_candidates", chosen.margins.mean().item(), count=n)
+        self._window.record("mmr/mms_selected", chosen.margins[chosen.keep].mean().item(), count=len(chosen.keep))
         self._window.record("mmr/samples_scored", n)
         self._window.record("mmr/samples_trained", len(chosen.keep))
         self._window.add_scoring_time(time.perf_counter() - started)

@@ -9,7 +9,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from builders import RecordingTrainer, make_args, row_key, rows, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
-from reference import brute_force_lowest_mms, expected_loss
+from reference import brute_force_lowest_mms, brute_force_model_mms, expected_loss
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
@@ -100,6 +100,28 @@ def test_each_trained_batch_is_the_lowest_mms_subset_of_its_candidates(arch, out
         lowest = brute_force_lowest_mms(scorer, candidates, 4)
         assert sorted(record["selected"]) == sorted(row_key(candidates["input_ids"][i]) for i in lowest)
     assert trainer.state.log_history[0]["mmr/mms_selected"] < trainer.state.log_history[0]["mmr/mms_candidates"]
+
+
+def test_logged_mean_margins_are_means_over_samples_not_over_micro_batches(output_dir):
+    """30 samples, k = 3, b = 4: candidate batches of 12, 12 and 6 in one logging window; the short last one
+    weighs 6 of 30, not 1 of 3."""
+    model = tiny_model("bert", initializer_range=1.0)
+    args = make_args(output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=3, max_steps=-1, num_train_epochs=1,
+                     logging_steps=3)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=token_dataset(30))
+    trainer.train()
+    scorer = copy.deepcopy(model).eval()
+    candidates, selected = [], []
+    for record in trainer.selections:
+        scorer.load_state_dict(record["weights"])
+        margins = brute_force_model_mms(scorer, record["candidates"])
+        keys = [row_key(r) for r in record["candidates"]["input_ids"]]
+        candidates += list(margins)
+        selected += [margins[keys.index(key)] for key in record["selected"]]
+    assert [len(r["candidates"]["input_ids"]) for r in trainer.selections] == [12, 12, 6] and len(selected) == 10
+    log = trainer.state.log_history[0]
+    assert log["mmr/mms_candidates"] == pytest.approx(np.mean(candidates), rel=1e-4)
+    assert log["mmr/mms_selected"] == pytest.approx(np.mean(selected), rel=1e-4)
 
 
 @pytest.mark.parametrize("selection", ["mms", "random"])
