@@ -210,10 +210,10 @@ def _score_pool(model, head, dataset, needs_features, collate_fn, batch_size, de
         with torch.inference_mode(), head.capture() as captured:
             for batch in loader:
                 inputs = _model_inputs(batch, device)
-                batch_logits = logits_of(model(**inputs))
-                logits.append(batch_logits)
+                output = logits_of(model(**inputs))
+                logits.append(captured.precise_logits(output))
                 if needs_features:
-                    features.append(captured.features_for(batch_logits))
+                    features.append(captured.features_for(output))
     finally:
         model.train(was_training)
     return torch.cat(logits), torch.cat(features) if needs_features else None, captured.weight

@@ -74,12 +74,15 @@ def length_sorted_chunks(batch: dict[str, Any], chunk_size: int, mask_key: str =
         yield index, trim_padding(take_rows(batch, index), mask_key)
 
 
-def chunked_logits(model: Callable[..., Any], batch: dict[str, Any], chunk_size: int) -> torch.Tensor:
+def chunked_logits(model: Callable[..., Any], batch: dict[str, Any], chunk_size: int,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Logits of every row of ``batch`` (model inputs only), computed over :func:`length_sorted_chunks` and put
-    back in row order."""
+    back in row order; ``transform`` is applied to each chunk's logits right after its forward."""
     logits = None
     for index, chunk in length_sorted_chunks(batch, chunk_size):
         chunk_logits = logits_of(model(**chunk))
+        if transform is not None:
+            chunk_logits = transform(chunk_logits)
         if logits is None:
             logits = chunk_logits.new_empty((batch_size_of(batch), chunk_logits.shape[1]))
         logits[index.to(logits.device)] = chunk_logits

@@ -115,12 +115,13 @@ def _per_sample(model: nn.Module, batches: Iterable[Mapping[str, Any]], head: Cl
     columns, weight_gap_sum = defaultdict(list), 0.0
     for batch in batches:
         with head.capture() as captured:
-            logits = logits_of(model(**{key: value for key, value in batch.items() if key != "labels"}))
+            output = logits_of(model(**{key: value for key, value in batch.items() if key != "labels"}))
+        logits = captured.precise_logits(output)
         weight = captured.weight  # taken inside the forward: the full weight of a sharded model too
         labels = batch.get("labels")
         part = gather({
             "logits": logits,
-            "feature_norm": _at_least_fp32(captured.features_for(logits)).norm(dim=1),
+            "feature_norm": _at_least_fp32(captured.features_for(output)).norm(dim=1),
             "labels": torch.full((len(logits),), IGNORE_INDEX, device=logits.device) if labels is None
             else labels.to(logits.device),
         })

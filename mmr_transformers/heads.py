@@ -18,7 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .margins import _at_least_fp32
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -53,7 +56,8 @@ def _out_features(module: nn.Module) -> int:
 
 @dataclass
 class FeatureCapture:
-    """What the classifier saw (``inputs``), produced (``outputs``) and applied (``weight``) in the last forward.
+    """What the classifier saw (``inputs``), produced (``outputs``) and applied (``weight``, ``bias``) in the last
+    forward.
 
     ``weight`` is a copy of ``W`` taken inside the forward, where a sharded model (FSDP, DeepSpeed ZeRO-3) holds
     its full, unsharded value; the copy is differentiable, so a loss built on it sends its gradient to the
@@ -63,6 +67,17 @@ class FeatureCapture:
     inputs: torch.Tensor | None = None
     outputs: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def precise_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` recomputed as ``W·phi + b`` in fp32 when the layer produced them in bf16 or fp16 (autocast, or
+        a model in that dtype), whose rounding ties nearby margins (bf16 rounds |s| ≈ 10 to steps of 1/16); logits
+        in fp32 or wider are returned as they are. For scoring in eval mode (a LoRA head's dropout is off)."""
+        if logits.dtype in (torch.float32, torch.float64):
+            return logits
+        phi = _at_least_fp32(self.features_for(logits))
+        with torch.autocast(phi.device.type, enabled=False):
+            return F.linear(phi, _at_least_fp32(self.weight), None if self.bias is None else _at_least_fp32(self.bias))
 
     def features_for(self, logits: torch.Tensor) -> torch.Tensor:
         """``phi`` per row of ``logits``: the captured input, or for a head that scores every token
@@ -139,6 +154,7 @@ class ClassifierHead:
 
         def hook(module, args, output):
             record.inputs, record.outputs, record.weight = args[0], output, self.weight.clone()
+            record.bias = None if self.linear.bias is None else self.linear.bias.clone()
 
         # prepend: run before a sharding wrapper's own post-forward hook frees the full weight (FSDP2, ZeRO-3)
         handle = self.module.register_forward_hook(hook, prepend=True)

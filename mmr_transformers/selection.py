@@ -180,7 +180,8 @@ def select_rows(
         model.eval()
     try:
         with torch.inference_mode(), (weight.capture() if isinstance(weight, ClassifierHead) else nullcontext()) as seen:
-            logits = chunked_logits(model, dict(inputs), chunk_size or batch_size_of(inputs))
+            logits = chunked_logits(model, dict(inputs), chunk_size or batch_size_of(inputs),
+                                    transform=None if seen is None else seen.precise_logits)
             weight = weight if seen is None else seen.weight
             priority = selection_priority(strategy, logits, weight, labels, generator)
             keep = lowest(priority, num_keep)

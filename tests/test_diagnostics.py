@@ -14,9 +14,11 @@ import torch
 import transformers
 
 from builders import load_script, make_args, rows, tiny_model, token_dataset
-from mmr_transformers import MarginDiagnosticsCallback, MMRTrainer
+from mmr_transformers import MarginDiagnosticsCallback, MMRTrainer, select_for_labeling
 from mmr_transformers.diagnostics import margin_diagnostics
 from mmr_transformers.diagnostics_callback import logged_scalars
+from mmr_transformers.heads import find_classifier
+from mmr_transformers.selection import get_selection_strategy, select_rows
 from reference import brute_force_mms, independent_features
 from test_imports import python
 
@@ -252,3 +254,29 @@ def test_the_lowest_share_counts_the_ceiling_of_the_share_as_written():
     """0.07 of 100 samples is 7 (the float product 7.000000000000001 would count 8)."""
     got = margin_diagnostics(spread_model(), batches_of(token_dataset(100)), lowest_share=0.07)
     assert sum(pair["count"] for pair in got["lowest_margin_pairs"]) == 7
+
+
+@pytest.mark.parametrize("dtype, rounding_error", [(torch.bfloat16, 1e-3), (torch.float16, 2e-4)])
+def test_a_low_precision_model_gets_the_margins_of_its_layer_computed_in_fp32(dtype, rounding_error):
+    """bf16 rounds logits near 10 to steps of 1/16, which would tie nearby margins: the diagnostics and MMS
+    selection recompute W·phi + b in fp32 from what the layer saw, and so match float64 on the same rounded inputs.
+    A bias of 30 on every class leaves every margin as it is and puts the logits where rounding is coarse."""
+    model = spread_model()
+    with torch.no_grad():
+        model.classifier.bias += 30.0
+    model = model.to(dtype)
+    batches = batches_of(token_dataset(48, num_labels=NUM_CLASSES))
+    expected = np.array([s["margin"] for s in brute_force(model, batches)])
+    got = margin_diagnostics(model, batches, return_margins=True)["margins"]
+    assert got == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    with torch.no_grad():
+        low = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).logits for b in batches])
+    from_low = brute_force_mms(low.double().numpy(), model.classifier.weight.detach().double().numpy())
+    assert np.abs(from_low - expected).max() > rounding_error  # what margins of the rounded logits are off by
+    candidates = {k: torch.cat([b[k] for b in batches]) for k in ("input_ids", "attention_mask")}
+    order = np.argsort(expected, kind="stable")
+    assert expected[order[12]] - expected[order[11]] > 1e-3  # a cut that fp32 rounding cannot move
+    chosen = select_rows(model, find_classifier(model), candidates, 12, get_selection_strategy("mms"), chunk_size=8)
+    assert sorted(chosen.keep.tolist()) == sorted(order[:12].tolist())
+    pool = token_dataset(48, num_labels=NUM_CLASSES).with_format("torch")
+    assert sorted(select_for_labeling(model, pool, 12, "mms", batch_size=8)) == sorted(order[:12].tolist())
