@@ -10,7 +10,8 @@
 
 Settings are layered: ``MMRTrainingArguments`` defaults < the regime (learning rate, batch size, weight
 decay, steps, MMR alpha recipe) < the command line. A regime also fixes the optimizer: SGD with momentum
-and its step drops (see ``mmr_transformers/regimes.py``).
+and its step drops (see ``mmr_transformers/regimes.py``), so flags that would set another schedule or optimizer
+are refused with it. Its batch is the global batch: each of N processes takes batch / N.
 """
 
 from __future__ import annotations
@@ -51,21 +52,44 @@ class ImageArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded random subset."})
 
 
+# what a regime decides itself, so the command line may not set it
+REGIME_SCHEDULE_FLAGS = ("--lr_scheduler_type", "--lr_scheduler_kwargs", "--warmup_steps", "--warmup_ratio", "--optim")
+
+
+def launched_processes() -> int:
+    """The processes of this run, as ``accelerate launch`` and ``torchrun`` tell each of them (``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTrainingArguments]:
-    """Defaults < regime < command line."""
+    """Defaults < regime < command line. A regime's batch is the global batch (shared by the processes), and
+    ``--mmr_alpha`` without ``--mmr_alpha_end`` replaces its alpha ramp with that constant (0: MMR off)."""
     argv = sys.argv[1:] if argv is None else argv
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--regime")
     pre.add_argument("--regime_scale", "--regime-scale", type=float, default=1.0)
+    for flag in ("--mmr_alpha", "--mmr_alpha_end", *REGIME_SCHEDULE_FLAGS):
+        pre.add_argument(flag)
     known, _ = pre.parse_known_args(argv)
     layers = [("defaults", {"output_dir": os.path.join("runs", "image"), "remove_unused_columns": False})]
     if known.regime:
         regime = get_regime(known.regime, known.regime_scale)
-        layers.append((f"regime {regime.name}", {
-            "learning_rate": regime.learning_rate, "per_device_train_batch_size": regime.batch_size,
-            "weight_decay": regime.weight_decay, "max_steps": regime.total_steps, "mmr_alpha": regime.mmr_alpha,
-            "mmr_alpha_end": regime.mmr_alpha_end, "mmr_alpha_schedule": "linear" if regime.mmr_alpha_end else "constant",
-        }))
+        given = [flag for flag in REGIME_SCHEDULE_FLAGS if getattr(known, flag[2:]) is not None]
+        if given:
+            raise SystemExit(f"{', '.join(given)}: a regime brings its own optimizer and learning-rate drops "
+                             f"({regime.name}: SGD, ×{regime.factor:g} at steps {list(regime.milestones)}), so these "
+                             "would be ignored. Drop them, or drop --regime and set the schedule yourself.")
+        processes = launched_processes()
+        if regime.batch_size % processes:
+            raise SystemExit(f"regime {regime.name} counts its steps in batches of {regime.batch_size}, which "
+                             f"{processes} processes cannot share evenly; launch a divisor of {regime.batch_size} "
+                             "processes, or set --per_device_train_batch_size yourself (the epochs then differ).")
+        settings = {"learning_rate": regime.learning_rate, "weight_decay": regime.weight_decay,
+                    "max_steps": regime.total_steps, "per_device_train_batch_size": regime.batch_size // processes}
+        if known.mmr_alpha is None or known.mmr_alpha_end is not None:  # a lone --mmr_alpha replaces the ramp
+            settings |= {"mmr_alpha": regime.mmr_alpha, "mmr_alpha_end": regime.mmr_alpha_end,
+                         "mmr_alpha_schedule": "linear" if regime.mmr_alpha_end else "constant"}
+        layers.append((f"regime {regime.name}", settings))
     return parse_layered(HfArgumentParser((ImageArguments, MMRTrainingArguments)), layers, argv)
 
 

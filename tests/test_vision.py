@@ -220,3 +220,29 @@ def test_images_of_another_size_than_image_size_are_refused_with_the_fix(tmp_pat
         load_image_datasets("imagefolder", str(tmp_path))
     train, evaluation, _ = load_image_datasets("imagefolder", str(tmp_path), image_size=40)
     assert train[0]["pixel_values"].shape == evaluation[0]["pixel_values"].shape == (3, 40, 40)
+
+
+def test_a_regime_shares_its_batch_between_processes_and_a_lone_alpha_replaces_its_ramp(monkeypatch):
+    regime = ["--dataset", "digits", "--regime", "resnet44-cifar10-early", "--output_dir", "unused", "--use_cpu"]
+    _, args = run_image.parse_args(regime)
+    assert (args.per_device_train_batch_size, args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule) == (
+        64, 1e-5, 1e-3, "linear")
+    _, args = run_image.parse_args([*regime, "--mmr_alpha", "0"])
+    assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule, args.mmr_enabled) == (0, None, "constant", False)
+    _, args = run_image.parse_args([*regime, "--mmr_alpha", "1e-4", "--mmr_alpha_end", "1e-2"])
+    assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule) == (1e-4, 1e-2, "linear")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # what accelerate launch tells each of 4 processes
+    assert run_image.launched_processes() == 4
+    monkeypatch.delenv("WORLD_SIZE")  # (TrainingArguments would then look for the other processes)
+    monkeypatch.setattr(run_image, "launched_processes", lambda: 4)
+    image, args = run_image.parse_args(regime)
+    assert args.per_device_train_batch_size == 16 and args.max_steps == 44_000
+    monkeypatch.setattr(run_image, "launched_processes", lambda: 3)
+    with pytest.raises(SystemExit, match="counts its steps in batches of 64, which 3 processes cannot share evenly"):
+        run_image.parse_args(regime)
+
+
+@pytest.mark.parametrize("flag, value", [("--lr_scheduler_type", "cosine"), ("--warmup_steps", "10"), ("--optim", "adamw_torch")])
+def test_a_regime_refuses_the_schedule_and_optimizer_flags_it_would_ignore(flag, value):
+    with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
+        run_image.parse_args(["--regime", "resnet44-cifar10-early", flag, value, "--output_dir", "unused"])
