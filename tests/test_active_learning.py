@@ -579,7 +579,8 @@ def test_the_image_loop_refuses_a_folder_without_splits_and_text_without_an_enco
     mismatched = tmp_path / "mismatched"
     shutil.copytree(image_dir, mismatched)
     os.rename(mismatched / "test" / "red", mismatched / "test" / "rose")
-    with pytest.raises(SystemExit, match=r"the test classes \['blue', 'green', 'rose'\] are not the train classes"):
+    with pytest.raises(SystemExit, match=r"--images --data_dir .*: the evaluation classes \['blue', 'green', 'rose'\] "
+                                         r"are not the training classes \['blue', 'green', 'red'\]"):
         run_active_learning.main(image_argv(str(mismatched), str(tmp_path / "al")))
     with pytest.raises(SystemExit):
         run_active_learning.main(["--data_dir", data_dir, "--output_dir", str(tmp_path / "al")])

@@ -246,3 +246,15 @@ def test_a_regime_shares_its_batch_between_processes_and_a_lone_alpha_replaces_i
 def test_a_regime_refuses_the_schedule_and_optimizer_flags_it_would_ignore(flag, value):
     with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
         run_image.parse_args(["--regime", "resnet44-cifar10-early", flag, value, "--output_dir", "unused"])
+
+
+def test_an_image_folder_whose_splits_have_other_classes_is_refused(tmp_path):
+    from PIL import Image
+
+    for split, classes in (("train", ("cat", "dog")), ("test", ("cat", "wolf"))):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(tmp_path / split / name / "0.png")
+    with pytest.raises(ValueError, match=r"the evaluation classes \['cat', 'wolf'\] are not the training classes "
+                                         r"\['cat', 'dog'\]: labels would mean other classes"):
+        load_image_datasets("imagefolder", str(tmp_path))

@@ -137,6 +137,9 @@ def load_image_datasets(dataset: str, data_dir: str | None = None, download: boo
     normalization = normalization or (dataset if dataset in NORMALIZATION else ("imagenet" if image_size > 32 else "cifar10"))
     sources = {train: _source(dataset, data_dir, train, download) for train in (True, False)}
     classes = getattr(sources[True], "classes", None)
+    if classes is not None and getattr(sources[False], "classes", classes) != classes:  # labels are folder indices
+        raise ValueError(f"the evaluation classes {sources[False].classes} are not the training classes {classes}: "
+                         "labels would mean other classes in the two splits. Give both splits the same class folders.")
     num_classes = len(classes) if classes is not None else len(set(sources[True].targets))
     if image_size <= 32:  # the CIFAR pipeline crops training images to image_size and takes the others as they are
         for train, source in sources.items():
