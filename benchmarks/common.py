@@ -86,8 +86,10 @@ def run_resumable(results_dir: str, plan: Iterable[tuple[str, Callable[[], dict 
         record = make_record()
         if record is None:
             return
-        with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
+        path = os.path.join(results_dir, f"{name}.json")
+        with open(path + ".tmp", "w") as f:  # a run killed while writing leaves no half file that reads as done
             json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)
         written.append(name)
 
     if jobs == 1:
@@ -103,7 +105,8 @@ def run_resumable(results_dir: str, plan: Iterable[tuple[str, Callable[[], dict 
 def time_to_target(points: list[tuple[float, float]], target: float) -> dict:
     """``points`` = (cost, accuracy), e.g. (budget, final accuracy) or (training seconds, dev accuracy), any
     order. ``grid``: the smallest cost whose accuracy reaches ``target``; ``interpolated``: log-linear between
-    the cost before it and it (``grid`` when the first point reaches it, ``censored='below'``: an upper bound);
+    the cost before it and it (linear when the cost before it is 0, e.g. an evaluation at the start; ``grid`` when
+    the first point reaches it, ``censored='below'``: an upper bound);
     ``None`` with ``censored='above'`` when no point does. Ratios use uncensored times only."""
     points = sorted(points)
     for i, (cost, accuracy) in enumerate(points):
@@ -112,8 +115,9 @@ def time_to_target(points: list[tuple[float, float]], target: float) -> dict:
                 return {"grid": cost, "interpolated": cost, "censored": "below"}  # an upper bound only
             (c0, a0) = points[i - 1]
             share = (target - a0) / (accuracy - a0)
-            return {"grid": cost, "interpolated": math.exp(math.log(c0) + share * (math.log(cost) - math.log(c0))),
-                    "censored": None}
+            between = (c0 + share * (cost - c0) if c0 <= 0
+                       else math.exp(math.log(c0) + share * (math.log(cost) - math.log(c0))))
+            return {"grid": cost, "interpolated": between, "censored": None}
     return {"grid": None, "interpolated": None, "censored": "above"}
 
 

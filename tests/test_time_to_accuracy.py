@@ -33,6 +33,8 @@ def test_time_to_target_is_the_first_budget_reaching_it_interpolated_in_log_budg
     assert result["interpolated"] == pytest.approx(160 * 2 ** share)
     assert common.time_to_target(points, 0.79) == {"grid": 80, "interpolated": 80, "censored": "below"}
     assert common.time_to_target(points, 0.90) == {"grid": None, "interpolated": None, "censored": "above"}
+    from_start = common.time_to_target([(0, 0.5), (100, 0.9)], 0.8)  # an evaluation at step 0: linear from there
+    assert from_start == {"grid": 100, "interpolated": pytest.approx(75), "censored": None}
 
 
 def test_the_benchmarks_share_one_runner_one_time_to_target_and_one_accuracy():
@@ -59,6 +61,9 @@ def test_the_resumable_runner_skips_existing_results_and_writes_one_json_per_run
     assert json.load(open(tmp_path / "a.json")) == {"run": "a"} and json.load(open(tmp_path / "b.json")) == {"kept": True}
     assert common.run_resumable(str(tmp_path), [(n, make(n, {"run": n})) for n in ("a", "b", "c")]) == []
     assert called == ["a", "c", "d"]  # a second pass over a finished study runs nothing
+    with pytest.raises(TypeError):  # a run that fails while its record is written leaves no file that reads as done
+        common.run_resumable(str(tmp_path), [("e", lambda: {"run": "e", "unwritable": object()})])
+    assert not (tmp_path / "e.json").exists()
 
 
 def test_time_to_accuracy_retries_a_busy_run_and_records_only_quiet_ones(tmp_path, monkeypatch):
