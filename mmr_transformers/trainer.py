@@ -179,8 +179,9 @@ class MMRTrainer(Trainer):
                 f"training runs on {self.args.device}. Use selection_scorer='model' here (on a GPU the scoring pass "
                 "is already cheap in bf16/fp16: set --bf16)."
             )
-        if getattr(self.args, "margin_diagnostics", False):
-            self.add_callback(MarginDiagnosticsCallback(self))
+        if getattr(self.args, "margin_diagnostics", False):  # first: its pass belongs to the evaluation that callbacks
+            # such as a timeline of training seconds leave out when their on_evaluate runs
+            self.callback_handler.callbacks.insert(0, MarginDiagnosticsCallback(self))
 
     # ---- the classifier -------------------------------------------------------------------------
 

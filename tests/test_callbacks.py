@@ -8,7 +8,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from builders import make_args, tiny_model, token_dataset
-from mmr_transformers import MMRTrainer
+from mmr_transformers import MMRTrainer, diagnostics_callback
 from mmr_transformers.recipes.callbacks import EvalTimeline
 
 
@@ -140,6 +140,26 @@ def test_a_real_run_records_each_evaluation_with_growing_training_seconds(output
     assert [p["eval_accuracy"] for p in points] == [h["eval_accuracy"] for h in evaluations]
     with open(os.path.join(output_dir, "eval_timeline.json")) as f:
         assert json.load(f) == points
+
+
+def test_the_margin_diagnostics_pass_counts_as_evaluation_not_training(output_dir, monkeypatch):
+    clock, diagnostics_seconds = ShiftedClock(), 1000.0
+    measure = diagnostics_callback.margin_diagnostics
+
+    def slow_diagnostics(*args, **kwargs):
+        clock.offset += diagnostics_seconds
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(diagnostics_callback, "margin_diagnostics", slow_diagnostics)
+    timeline = EvalTimeline(clock=clock)
+    args = make_args(output_dir, max_steps=6, eval_strategy="steps", eval_steps=2, margin_diagnostics=True)
+    started = clock()
+    trainer = MMRTrainer(model=tiny_model("bert"), args=args, train_dataset=token_dataset(32),
+                         eval_dataset=token_dataset(16, seed=1), callbacks=[timeline])
+    trainer.train()
+    wall = clock() - started
+    assert [p["step"] for p in timeline.points] == [2, 4, 6] and wall > 3 * diagnostics_seconds
+    assert timeline.points[2]["train_seconds"] < wall - 3 * diagnostics_seconds
 
 
 def test_a_resumed_run_continues_the_timeline_of_its_checkpoint(tmp_path):
