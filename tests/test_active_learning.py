@@ -440,6 +440,21 @@ def test_a_small_text_arm_is_refused_without_the_probe_or_without_small_text(dat
     assert message in str(raised.value) + capsys.readouterr().err and not trained
 
 
+def test_a_seed_where_only_random_reaches_the_target_counts_against_the_goal(tmp_path):
+    """mms reaches the target on seed 0 with half random's labels and never on seeds 1-4, where random does: the
+    mean ratio over the seeds both reached (0.5) must not read as the goal met."""
+    for seed in range(5):
+        runs = {"random": [0.3, 0.4, 0.5, 0.7], "mms": [0.3, 0.7, 0.7, 0.7] if seed == 0 else [0.3, 0.4, 0.5, 0.55]}
+        for strategy, accuracies in runs.items():
+            rounds = [{"labels_spent": 10 * (i + 1), "test_accuracy": a} for i, a in enumerate(accuracies)]
+            with open(tmp_path / f"{strategy}-seed{seed}.json", "w") as f:
+                json.dump({"strategy": strategy, "seed": seed, "rounds": rounds}, f)
+    text = report.main([str(tmp_path), "--full_accuracy", "0.8", "--target_fraction", "0.75"])
+    row = next(line for line in text.splitlines() if line.startswith("| mms | random |"))
+    assert row.endswith("| 1/5 |")  # fewer labels on seed 0, more on the four seeds it never reached the target
+    assert "- mms: NOT MET (labels / random's" in text
+
+
 def test_the_goal_counts_a_strategy_as_beaten_only_with_fewer_labels_on_average_and_on_most_seeds(tmp_path):
     # target 0.6. Seed 0: mms reaches it a round before breaking ties (a ratio near 0.6); seeds 1 and 2: both in
     # the same round, mms a little later (ratios just above 1). Mean below 1, but fewer labels on 1 seed of 3.
