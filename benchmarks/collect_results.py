@@ -39,17 +39,31 @@ from common import time_to_target
 
 
 def load_runs(paths: list[str]) -> list[dict]:
-    runs = []
+    """The runs of ``paths``; the same run (task, arm, name) found twice, e.g. a study's CPU and GPU folders
+    passed together, is refused rather than counted twice."""
+    runs, sources = [], {}
     for path in paths:
         files = sorted(glob.glob(os.path.join(path, "*.json"))) if os.path.isdir(path) else [path]
         if os.path.isdir(path) and os.path.exists(os.path.join(path, "all_results.json")):
             config = json.load(open(os.path.join(path, "run_config.json")))
+            task = config.get("task") or config.get("image", {}).get("dataset")  # run_glue.py's or run_image.py's
+            if task is None:
+                raise SystemExit(f"{path}: its run_config.json names no task (run_glue.py's 'task' or run_image.py's "
+                                 "'image.dataset'); collect study JSONs (benchmarks/study.py) instead")
             timeline_path = os.path.join(path, "eval_timeline.json")
-            runs.append({"run": os.path.basename(path.rstrip("/")), "task": config["task"],
-                         "arm": os.path.basename(path.rstrip("/")), "results": json.load(open(os.path.join(path, "all_results.json"))),
-                         "timeline": json.load(open(timeline_path)) if os.path.exists(timeline_path) else []})
-            continue
-        runs.extend(json.load(open(f)) for f in files)
+            loaded = [(path, {"run": os.path.basename(path.rstrip("/")), "task": task,
+                              "arm": os.path.basename(path.rstrip("/")),
+                              "results": json.load(open(os.path.join(path, "all_results.json"))),
+                              "timeline": json.load(open(timeline_path)) if os.path.exists(timeline_path) else []})]
+        else:
+            loaded = [(f, json.load(open(f))) for f in files]
+        for source, run in loaded:
+            key = (run["task"], run["arm"], run["run"])
+            if key in sources:
+                raise SystemExit(f"run {run['run']!r} ({run['task']}, arm {run['arm']!r}) is in both {sources[key]} and "
+                                 f"{source}: pass one of them (runs of a study on two machines are not mixed)")
+            sources[key] = source
+            runs.append(run)
     return runs
 
 
@@ -72,7 +86,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    """One row per task × arm: each metric's mean ± std (×100) over seeds, and the seed count."""
+    """One row per task × arm: each metric's mean ± std (×100) over its seeds, and the seeds; a note under a task
+    whose arms ran on different seeds (their means are then not comparable: the paired table is)."""
     groups = defaultdict(list)
     for run in runs:
         groups[(run["task"], run["arm"])].append(run)
@@ -81,11 +96,18 @@ def table(runs: list[dict]) -> str:
         names = metric_names(task)
         lines += [f"\n**{task.upper()}**\n", "| arm | " + " | ".join(n.removeprefix("eval_") for n in names) + " | seeds |",
                   "|---|" + "---|" * (len(names) + 1)]
+        seed_sets = set()
         for (t, arm), members in sorted(groups.items()):
             if t != task:
                 continue
             cells = [mean_std([m["results"][n] for m in members]) for n in names]
-            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(members)} |")
+            seeds = sorted(int(m.group(1)) for m in (re.search(r"seed(\d+)$", r["run"]) for r in members) if m)
+            seed_sets.add(tuple(seeds))
+            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(members)}"
+                         + (f" ({', '.join(map(str, seeds))})" if seeds else "") + " |")
+        if len(seed_sets) > 1:
+            lines.append("\nThe arms ran on different seeds, so their means differ by the seeds as well: compare "
+                         "them seed by seed (`--paired-against`).")
     return "\n".join(lines) + "\n"
 
 

@@ -27,9 +27,11 @@ def test_table_reports_mean_and_sample_std_per_task_and_arm(tmp_path):
             json.dump(run, f)
     text = collect_results.table(collect_results.load_runs([str(tmp_path)]))
     std = 100 * statistics.stdev([0.80, 0.84])
-    assert f"| baseline | 82.00 ± {std:.2f} | 72.00 ± {std:.2f} | 2 |" in text
-    assert "| mmr1e-5 | 90.00 | 80.00 | 1 |" in text
-    assert "| arm | accuracy | mm_accuracy | seeds |" in text and "| baseline | 70.00 ± 10.00 | 69.00 ± 10.00 | 3 |" in text
+    assert f"| baseline | 82.00 ± {std:.2f} | 72.00 ± {std:.2f} | 2 (0, 1) |" in text
+    assert "| mmr1e-5 | 90.00 | 80.00 | 1 (1) |" in text
+    assert "| arm | accuracy | mm_accuracy | seeds |" in text and "| baseline | 70.00 ± 10.00 | 69.00 ± 10.00 | 3 (0, 1, 2) |" in text
+    mnli, mrpc = text.split("**MRPC**")  # MNLI's one arm first, then MRPC's two arms on other seeds
+    assert "**MNLI**" in mnli and "different seeds" not in mnli and "The arms ran on different seeds" in mrpc
     collect_results.plot(collect_results.load_runs([str(tmp_path)]), str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -115,3 +117,22 @@ def test_geometry_averages_each_arms_last_evaluation_over_seeds():
     # alpha1e-2: R (0.2·4 + 0.4·16) / 2 = 3.6
     assert "| alpha1e-2 | 2 | 2 | 0.2 | 0.02 | 3 | 0.3 | 3.6 |" in text
     assert "| old |" not in text and "99" not in text
+
+
+def test_the_same_run_in_two_folders_is_refused_and_a_run_image_folder_is_read(tmp_path):
+    run = record("rte", "alpha0", 0, eval_accuracy=0.6)
+    for machine in ("cpu", "gpu"):
+        os.makedirs(tmp_path / machine)
+        with open(tmp_path / machine / f"{run['run']}.json", "w") as f:
+            json.dump(run, f)
+    try:
+        collect_results.load_runs([str(tmp_path / "cpu"), str(tmp_path / "gpu")])
+        raise AssertionError("two copies of one run were accepted")
+    except SystemExit as refused:
+        assert f"run 'rte-alpha0-seed0' (rte, arm 'alpha0') is in both {tmp_path / 'cpu'}" in str(refused)
+    folder = tmp_path / "image-run"
+    os.makedirs(folder)
+    json.dump({"eval_accuracy": 0.5}, open(folder / "all_results.json", "w"))
+    json.dump({"image": {"dataset": "cifar10"}, "num_classes": 10}, open(folder / "run_config.json", "w"))
+    (loaded,) = collect_results.load_runs([str(folder)])
+    assert loaded["task"] == "cifar10" and loaded["results"] == {"eval_accuracy": 0.5} and loaded["timeline"] == []
