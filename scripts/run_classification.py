@@ -13,6 +13,7 @@ training file lacks is refused. Metrics: accuracy and macro F1. The resolved set
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ def read_files(args: DataArguments) -> datasets.DatasetDict:
         raise SystemExit(f"--train_file and --validation_file must share one format of {sorted(FORMATS)}; got "
                          f"{sorted(extensions)}.")
     extension = extensions.pop()
-    options = {"delimiter": "\t"} if extension == ".tsv" else {}
+    # a TSV's fields are not quoted (GLUE's are not): a text that starts with '"' must not swallow the next rows
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if extension == ".tsv" else {}
     raw = datasets.DatasetDict({split: datasets.load_dataset(FORMATS[extension], data_files=path, split="train", **options)
                                 for split, path in files.items()})  # one by one: the columns may differ
     wanted = [*text_columns(args), args.label_column_name]

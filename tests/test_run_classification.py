@@ -142,3 +142,13 @@ def test_bad_files_and_columns_are_refused_before_training_with_the_reason(files
 def test_margin_diagnostics_without_evaluations_is_refused(tmp_path):
     with pytest.raises(ValueError, match="eval_strategy='no' runs none"):
         MMRTrainingArguments(output_dir=str(tmp_path), margin_diagnostics=True, eval_strategy="no")
+
+
+def test_a_tsv_is_read_unquoted_so_a_stray_quote_keeps_its_row(tmp_path):
+    lines = ["text\tintent", '"great movie\t1', "fine\t0", 'bad" one\t0']
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    data = run_classification.read_files(run_classification.DataArguments(
+        train_file=str(tmp_path / "train.tsv"), validation_file=str(tmp_path / "dev.tsv"), text_column_names="text",
+        label_column_name="intent"))
+    assert data["train"]["text"] == ['"great movie', "fine", 'bad" one'] and data["validation"]["intent"] == [1, 0, 0]
