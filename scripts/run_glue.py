@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     prefixes = {split: "eval" if split == task.eval_splits[0] else "eval_mm" for split in task.eval_splits}
     return train_and_evaluate(trainer, {prefixes[split]: dataset for split, dataset in evals.items()},
-                              {"task": task.name, "glue": glue_args})
+                              {"task": config_name(glue_args.task), "glue": glue_args})  # mnli-mm stays mnli-mm
 
 
 if __name__ == "__main__":

@@ -263,8 +263,7 @@ def test_mrpc_end_to_end_reports_the_saved_models_f1_and_accuracy_and_layers_its
 
 
 def test_mnli_end_to_end_reports_matched_and_mismatched_accuracy_of_the_saved_model(tmp_path, model_dir):
-    argv, written, out = glue_argv(tmp_path, model_dir, "mnli", "mnli",
-                                   "--config_file", os.path.join(run_glue.CONFIG_DIR, "mnli-mm.json"))
+    argv, written, out = glue_argv(tmp_path, model_dir, "mnli", "MNLI-mm")  # its own settings file, glue_configs/mnli-mm.json
     results = run_glue.main(argv)
     for prefix, split in [("eval", "dev_matched"), ("eval_mm", "dev_mismatched")]:
         expected, predicted = recomputed_metrics(out, written[split])
@@ -274,7 +273,8 @@ def test_mnli_end_to_end_reports_matched_and_mismatched_accuracy_of_the_saved_mo
         assert results[f"{prefix}_samples"] == 20
     assert results["eval_loss"] != results["eval_mm_loss"]  # two different files were evaluated
     config = json.load(open(out / "run_config.json"))
-    assert config["training"]["mmr_alpha"] == 1e-6 and config["task"] == "mnli"  # the thesis' alpha for MNLI-mm
+    assert config["training"]["mmr_alpha"] == 1e-6  # the thesis' alpha for MNLI-mm
+    assert config["task"] == "mnli-mm"  # so its runs are not read as MNLI-m's
 
 
 @pytest.mark.distributed
