@@ -83,12 +83,12 @@ def paired_ratios(reached: dict, strategy: str, other: str) -> dict[int, float]:
             if t["censored"] is None and seed in theirs and theirs[seed]["censored"] is None}
 
 
-def seeds_with_fewer_labels(reached: dict, strategy: str, other: str) -> tuple[int, int]:
-    """``(seeds where strategy needed fewer labels than other, seeds that decide it)``: a seed decides when both
-    reached the target after round 0 (the ratio below 1 or not), or only one of them reached it at all (that one
-    needed fewer); a seed where neither did, or both in round 0, decides nothing."""
+def seeds_with_fewer_labels(reached: dict, strategy: str, other: str) -> tuple[int, int, int]:
+    """``(seeds where strategy needed fewer labels than other, seeds that decide it, seeds where only other reached
+    the target)``: a seed decides when both reached the target after round 0 (the ratio below 1 or not), or only one
+    of them reached it at all (that one needed fewer); a seed where neither did, or both in round 0, decides nothing."""
     mine, theirs = reached[strategy], reached.get(other, {})
-    fewer = decided = 0
+    fewer = decided = only_theirs = 0
     for seed, t in mine.items():
         if seed not in theirs or "below" in (t["censored"], theirs[seed]["censored"]):
             continue
@@ -96,7 +96,8 @@ def seeds_with_fewer_labels(reached: dict, strategy: str, other: str) -> tuple[i
             decided, fewer = decided + 1, fewer + (t["interpolated"] < theirs[seed]["interpolated"])
         elif (t["censored"] is None) != (theirs[seed]["censored"] is None):  # one of the two never reached it
             decided, fewer = decided + 1, fewer + (t["censored"] is None)
-    return fewer, decided
+            only_theirs += t["censored"] is not None
+    return fewer, decided, only_theirs
 
 
 def labels_to_target(by: dict, target: float) -> str:
@@ -125,13 +126,12 @@ def margin_against_others(by: dict, target: float, goal_ratio: float) -> str:
         means, majority, lost = {}, {}, {}
         for other in [name for name in by if name != strategy]:
             ratios = paired_ratios(reached, strategy, other)
-            fewer, decided = seeds_with_fewer_labels(reached, strategy, other)
+            fewer, decided, lost[other] = seeds_with_fewer_labels(reached, strategy, other)
             if not ratios:
                 lines.append(f"| {strategy} | {other} | - | {fewer}/{decided} |")
                 continue
             means[other] = statistics.mean(ratios.values())
             majority[other] = fewer > decided / 2
-            lost[other] = decided - len(ratios) - (fewer - sum(r < 1 for r in ratios.values()))  # it alone never reached
             lines.append(f"| {strategy} | {other} | {means[other]:.2f} ({min(ratios.values()):.2f}-"
                          f"{max(ratios.values()):.2f}) | {fewer}/{decided} |")
         against = [name for name in PROBABILITY_BASED if name in by]

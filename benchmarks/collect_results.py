@@ -101,7 +101,7 @@ def table(runs: list[dict]) -> str:
             if t != task:
                 continue
             cells = [mean_std([m["results"][n] for m in members]) for n in names]
-            seeds = sorted(int(m.group(1)) for m in (re.search(r"seed(\d+)$", r["run"]) for r in members) if m)
+            seeds = sorted(seed for seed in map(seed_in_name, members) if seed is not None)
             seed_sets.add(tuple(seeds))
             lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(members)}"
                          + (f" ({', '.join(map(str, seeds))})" if seeds else "") + " |")
@@ -148,11 +148,17 @@ def time_to_reference(runs: list[dict], reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def seed_of(run: dict) -> int:
+def seed_in_name(run: dict) -> int | None:
+    """N of a run named ``...-seedN``, else None."""
     match = re.search(r"seed(\d+)$", run["run"])
-    if match is None:
+    return None if match is None else int(match.group(1))
+
+
+def seed_of(run: dict) -> int:
+    seed = seed_in_name(run)
+    if seed is None:
         raise SystemExit(f"run {run['run']!r} has no seed in its name (...-seedN): it cannot be paired")
-    return int(match.group(1))
+    return seed
 
 
 def sign_flip_p(differences: list[float]) -> float:
