@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_check.sh pack-images     # here, after pack: .gpu-images/ = the CIFAR-10 JPEGs (19 MB), wheels
 #   device run, carry [".gpu-images"], timeout_s 595:
 #     set -o pipefail; bash benchmarks/gpu_check.sh studies-images 2>&1 | tee $OUT/log
-#     # issue 16's CIFAR-10 study (cifar-mmr: ResNet-20, 8,800 steps, MMR ramp vs none, 3 seeds), 6 runs at a time,
+#     # issue 16's CIFAR-10 study (cifar-mmr: ResNet-20, 8,800 steps, MMR ramp vs none, 5 seeds), 6 runs at a time,
 #     # beside issue 17's CIFAR-10 active learning (CIFAR_AL below: 7 strategies, 3 seeds, and the full-pool reference)
 #     # -> $OUT/gpu-studies.tgz with the folders cifar-mmr (in docs/results/gpu) and cifar10, cifar10-full-pool
 #     # (in docs/results/active-learning)
