@@ -283,12 +283,15 @@ class MMRTrainer(Trainer):
         with head.capture() as captured:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         logits = logits_of(outputs)
+        if cache_scores:
+            with torch.no_grad():  # scores of the layer's output in fp32 where the forward ran in bf16 or fp16
+                scored = captured.precise_logits(logits.detach())
         if cache_scores and self.mmr.pruning_enabled:
-            self._pending_scores = learned_score(self.mmr.prune_score, logits.detach(), captured.weight.detach(), labels)
+            self._pending_scores = learned_score(self.mmr.prune_score, scored, captured.weight.detach(), labels)
             loss = weighted_cross_entropy(logits, labels, sample_weights).to(loss.dtype)
         elif cache_scores:
             self._pending_scores = selection_priority(
-                self.strategy, logits.detach(), captured.weight.detach(), labels, self._selection_generator(0)
+                self.strategy, scored, captured.weight.detach(), labels, self._selection_generator(0)
             )
         loss = self._rescaled_loss(loss, scale)
         if penalize:

@@ -135,6 +135,12 @@ def row_key(input_ids) -> tuple:
     return tuple(int(t) for t in input_ids if int(t) != 0)
 
 
+# one plain SGD step (no momentum, decay, warmup or clipping) on the first rows in order: the change of every
+# parameter is -lr·grad, which a test can compute by hand (reference.sgd_step_of)
+SGD_STEP = dict(optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=0.0, max_steps=1,
+                train_sampling_strategy="sequential")
+
+
 def make_args(output_dir, **overrides):
     base = dict(
         output_dir=output_dir, per_device_train_batch_size=4, per_device_eval_batch_size=8, max_steps=4, logging_steps=1,

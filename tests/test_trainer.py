@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from builders import RecordingTrainer, make_args, row_key, rows, tiny_model, token_dataset
+from builders import SGD_STEP, RecordingTrainer, make_args, row_key, rows, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
-from reference import brute_force_lowest_mms, brute_force_model_mms, expected_loss
+from reference import (assert_moved_by, autograd_mmr_loss, brute_force_lowest_mms, brute_force_model_mms,
+                       classifier_linear, expected_loss, independent_features, sgd_step_of)
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
@@ -27,6 +28,27 @@ def test_training_loss_is_cross_entropy_plus_alpha_times_the_penalty(arch, outpu
     assert logged["mmr/penalty"] == pytest.approx(penalty, rel=1e-5)
     assert logged["mmr/alpha"] == alpha
     assert penalty * alpha > 1e-3 * loss  # the term is large enough for the check to mean something
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_a_training_step_follows_the_gradient_of_cross_entropy_plus_alpha_times_the_penalty(arch, output_dir):
+    """One plain SGD step moves every parameter by -lr times the gradient of CE + alpha·R written out by hand:
+    R's gradient reaches W through the weight gap and the encoder through phi_max."""
+    data = token_dataset(32)
+    model = tiny_model(arch, dropout=False)
+    reference = copy.deepcopy(model)
+    alpha = 50.0
+    MMRTrainer(model=model, args=make_args(output_dir, mmr_alpha=alpha, **SGD_STEP), train_dataset=data).train()
+    batch, linear = rows(data, 0, 4), classifier_linear(reference)
+    phi = independent_features(reference, batch)
+    losses = {a: autograd_mmr_loss(phi, linear.weight, linear.bias, batch["labels"], a) for a in (alpha, 0.0)}
+    expected = sgd_step_of(reference, losses[alpha])
+    without_r = sgd_step_of(reference, losses[0.0])
+    assert_moved_by(model, reference, expected)
+    weight_name = next(n for n, p in reference.named_parameters() if p is linear.weight)
+    encoder_name = next(n for n in expected if "embeddings" in n)
+    for name in (weight_name, encoder_name):  # R's share of the step: far above the tolerance
+        assert (expected[name] - without_r[name]).abs().max() > 100 * (1e-3 * expected[name].abs().max() + 1e-7)
 
 
 def test_evaluation_loss_has_no_regularizer(output_dir):
