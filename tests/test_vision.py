@@ -227,8 +227,10 @@ def test_a_regime_shares_its_batch_between_processes_and_a_lone_alpha_replaces_i
     _, args = run_image.parse_args(regime)
     assert (args.per_device_train_batch_size, args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule) == (
         64, 1e-5, 1e-3, "linear")
-    _, args = run_image.parse_args([*regime, "--mmr_alpha", "0"])
-    assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule, args.mmr_enabled) == (0, None, "constant", False)
+    for lone_alpha in (["--mmr_alpha", "0"], ["--mmr-alpha", "0"], ["--mmr-alpha=0"]):
+        _, args = run_image.parse_args([*regime, *lone_alpha])
+        assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule, args.mmr_enabled) == (
+            0, None, "constant", False), lone_alpha
     _, args = run_image.parse_args([*regime, "--mmr_alpha", "1e-4", "--mmr_alpha_end", "1e-2"])
     assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule) == (1e-4, 1e-2, "linear")
     monkeypatch.setenv("WORLD_SIZE", "4")  # what accelerate launch tells each of 4 processes
@@ -244,8 +246,9 @@ def test_a_regime_shares_its_batch_between_processes_and_a_lone_alpha_replaces_i
 
 @pytest.mark.parametrize("flag, value", [("--lr_scheduler_type", "cosine"), ("--warmup_steps", "10"), ("--optim", "adamw_torch")])
 def test_a_regime_refuses_the_schedule_and_optimizer_flags_it_would_ignore(flag, value):
-    with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
-        run_image.parse_args(["--regime", "resnet44-cifar10-early", flag, value, "--output_dir", "unused"])
+    for spelling in (flag, flag.replace("_", "-")):  # HfArgumentParser takes both
+        with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
+            run_image.parse_args(["--regime", "resnet44-cifar10-early", spelling, value, "--output_dir", "unused"])
 
 
 def test_an_image_folder_whose_splits_have_other_classes_is_refused(tmp_path):
