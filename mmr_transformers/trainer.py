@@ -160,11 +160,13 @@ class MMRTrainer(Trainer):
                 "and without a dataset length MMRTrainer cannot tell them apart, so they would be scored and trained "
                 "as new. Set dataloader_drop_last=True (the short last round is dropped), or use a map-style dataset."
             )
-        if self.mmr.cached_selection and streamed:
+        if self._score_cached and streamed:
+            setting, other = (("selection_source='cached'", "selection_source='fresh'") if self.mmr.cached_selection
+                              else (f"prune_score={self.mmr.prune_score!r}", "prune_score='none'"))
             raise ValueError(
-                f"selection_source='cached' keeps a score per dataset index and plans each epoch over all N samples, "
-                f"so it needs a dataset with a length and indexing; got a {type(self.train_dataset).__name__} "
-                "(an IterableDataset). Use selection_source='fresh', or a map-style dataset (datasets.Dataset)."
+                f"{setting} keeps a score per dataset index and plans each epoch over all N samples, so it needs a "
+                f"dataset with a length and indexing; got a {type(self.train_dataset).__name__} (an IterableDataset). "
+                f"Use {other}, or a map-style dataset (datasets.Dataset)."
             )
         if self.mmr.pruning_enabled:
             self._check_pruning_settings()

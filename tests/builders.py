@@ -47,7 +47,10 @@ ARCHITECTURES = {
         "classifier",
     ),
     "gpt2": ("GPT2Config", "GPT2ForSequenceClassification", dict(n_embd=16, n_layer=2, n_head=2, n_positions=64, pad_token_id=0), "score"),
+    "llama": ("LlamaConfig", "LlamaForSequenceClassification", dict(num_hidden_layers=2, num_key_value_heads=1, pad_token_id=0), "score"),
+    "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification", dict(num_hidden_layers=2, num_key_value_heads=1, pad_token_id=0), "score"),
 }
+DECODERS = {"gpt2": "transformer", "llama": "model", "qwen2": "model"}  # scoring every token; the body's attribute
 
 
 def tiny_model(arch: str = "bert", num_labels: int = 3, seed: int = 0, dropout: bool = True, **overrides):

@@ -148,11 +148,14 @@ class Stream(IterableDataset):
         yield from token_dataset(8)
 
 
-def test_cached_selection_over_an_iterable_dataset_is_refused_at_construction(output_dir):
-    with pytest.raises(ValueError, match=r"selection_source='cached' keeps a score per dataset index.*got a Stream "
+@pytest.mark.parametrize("setting, method", [
+    ("selection_source='cached'", dict(selection="mms", selection_source="cached")),
+    ("prune_score='loss'", dict(prune_score="loss", prune_ratio=0.5)),
+])
+def test_a_score_cache_over_an_iterable_dataset_is_refused_at_construction(output_dir, setting, method):
+    with pytest.raises(ValueError, match=rf"{setting} keeps a score per dataset index.*got a Stream "
                                          r"\(an IterableDataset\)"):
-        MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir, selection="mms", selection_source="cached"),
-                   train_dataset=Stream())
+        MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir, **method), train_dataset=Stream())
 
 
 class OutOfMemoryOnce(RecordingTrainer):
