@@ -83,7 +83,7 @@ class LogWindow:
     def reduce(self, gather) -> dict[str, float]:
         """The window's metrics over all processes (through ``gather``); then a new window starts."""
         if "mmr/scoring_time_fraction" in self.metrics:
-            seconds = time.perf_counter() - (self.started or time.perf_counter())
+            seconds = 0.0 if self.started is None else time.perf_counter() - self.started
             self.record("mmr/scoring_time_fraction", self.scoring_seconds / max(seconds, 1e-9))
         local = []
         for name, kind in self.metrics.items():

@@ -33,6 +33,11 @@ def test_exploration_draws_its_share_outside_the_lowest_scores():
     assert len(chosen) == 25
     assert set(range(15)) <= set(chosen)  # the 15 lowest, then 10 random among the other 85
     assert len([i for i in chosen if i >= 15]) == 10
+    explored = torch.zeros(100)
+    for _ in range(400):  # uniform among the 85: each about 400·10/85 = 47 times (sd 6.4), none favoured
+        explored[[i for i in planned(sampler) if i >= 15]] += 1
+    assert explored[:15].sum() == 0 and explored.sum() == 4000
+    assert 15 < explored[15:].min() and explored[15:].max() < 79
 
 
 def test_passes_cover_every_sample_before_any_is_repeated():

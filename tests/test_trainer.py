@@ -180,7 +180,7 @@ def test_linear_alpha_schedule_reaches_its_end_on_the_last_step(output_dir):
     assert [h["mmr/alpha"] for h in trainer.state.log_history if "loss" in h] == [1e-5, (1e-5 + 1e-3) / 2, 1e-3]
 
 
-def test_the_command_line_has_every_mmr_flag(output_dir):
+def test_the_command_line_has_every_mmr_flag(output_dir, capsys):
     (args,) = HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(
         ["--output_dir", output_dir, "--mmr-alpha", "1e-4", "--mmr_alpha_end", "1e-3", "--mmr-alpha-schedule", "linear",
          "--selection", "entropy", "--selection_ratio", "2.5", "--classifier_module", "classifier", "--use_cpu"]
@@ -189,6 +189,7 @@ def test_the_command_line_has_every_mmr_flag(output_dir):
     assert (args.selection, args.selection_ratio, args.classifier_module) == ("entropy", 2.5, "classifier")
     with pytest.raises(SystemExit):
         HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(["--output_dir", output_dir, "--selection", "hardest"])
+    assert "argument --selection: invalid choice: 'hardest'" in capsys.readouterr().err
 
 
 # ---- bad input: clear errors, before any work is lost -----------------------------------------------
@@ -330,3 +331,24 @@ def test_scoring_runs_in_eval_mode_leaves_batchnorm_statistics_alone_and_restore
     trainer._select(candidates, micro_step=0)
     assert not model.training  # the previous mode is restored, whatever it was
     assert len(selected["labels"]) == 4
+
+
+@pytest.mark.parametrize("scoring_batch_size, forwards", [(None, 2), (2, 4), (8, 1)])
+def test_scoring_time_fraction_is_the_scoring_share_of_each_logging_window(output_dir, monkeypatch, scoring_batch_size,
+                                                                           forwards):
+    """A clock that only model forwards move (1 s a scoring forward, 3 s a training one): a step scores its
+    k·b = 8 candidates in chunks of selection_scoring_batch_size (default b = 4), so a window of two steps spends
+    2·forwards of its 2·forwards + 6 seconds scoring; the first also holds the check of the head on two rows of the
+    first batch (one eval forward, not scoring)."""
+    import types
+    import mmr_transformers.trainer as trainer_module
+    clock = [1000.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    model = tiny_model("bert")
+    model.register_forward_hook(lambda module, args, output: clock.__setitem__(0, clock[0] + (3.0 if module.training else 1.0)))
+    trainer = MMRTrainer(model=model, train_dataset=token_dataset(64), args=make_args(
+        output_dir, selection="mms", selection_ratio=2, max_steps=4, logging_steps=2,
+        selection_scoring_batch_size=scoring_batch_size))
+    trainer.train()
+    fractions = [h["mmr/scoring_time_fraction"] for h in trainer.state.log_history if "loss" in h]
+    assert fractions == pytest.approx([2 * forwards / (2 * forwards + 7), 2 * forwards / (2 * forwards + 6)], rel=1e-12)
