@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -146,6 +147,40 @@ def test_orthogonal_classifier_stays_frozen_and_orthonormal_while_mms_and_mmr_tr
     assert torch.equal(linear.weight, frozen) and torch.equal(linear.bias, torch.zeros(4))
     assert not torch.equal(model.network.conv.weight, encoder_before)
     assert trainer.state.log_history[0]["mmr/mms_selected"] <= trainer.state.log_history[0]["mmr/mms_candidates"]
+
+
+def test_a_batchnorm_model_keeps_the_lowest_margins_of_its_eval_mode_forward(output_dir, monkeypatch):
+    """Scoring runs in eval mode, BatchNorm on its running statistics: each step keeps the candidates whose margins,
+    by brute force on the logits of an eval-mode copy with that step's weights and statistics, are lowest."""
+    import copy
+    import mmr_transformers.trainer as trainer_module
+    from reference import brute_force_mms
+    scored = []
+
+    def recording_select_rows(model, weight, inputs, num_keep, *args, **kwargs):
+        state = copy.deepcopy(model.state_dict())
+        chosen = select_rows(model, weight, inputs, num_keep, *args, **kwargs)
+        scored.append((state, inputs["pixel_values"].clone(), chosen.keep.tolist()))
+        return chosen
+
+    select_rows = trainer_module.select_rows
+    monkeypatch.setattr(trainer_module, "select_rows", recording_select_rows)
+    torch.manual_seed(0)
+    model = build_model("resnet20", 4)
+    trainer = MMRTrainer(model=model, train_dataset=RandomImages(), args=image_args(
+        output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=4, max_steps=3, learning_rate=0.5))
+    trainer.train()
+    reference = build_model("resnet20", 4)
+    in_train_mode = 0
+    for state, images, keep in scored:
+        reference.load_state_dict(state)
+        weight = reference.network.fc.weight.detach().numpy()
+        with torch.no_grad():
+            margins = brute_force_mms(reference.eval()(pixel_values=images).logits.numpy(), weight)
+            batch_statistics = brute_force_mms(reference.train()(pixel_values=images).logits.numpy(), weight)
+        assert sorted(keep) == sorted(np.argsort(margins, kind="stable")[:len(keep)].tolist())
+        in_train_mode += sorted(keep) != sorted(np.argsort(batch_statistics, kind="stable")[:len(keep)].tolist())
+    assert len(scored) == 3 and in_train_mode  # train mode's batch statistics would have kept other rows
 
 
 def test_cutout_zeroes_one_square():
