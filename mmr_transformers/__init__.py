@@ -16,7 +16,7 @@ from .batching import take_rows, trim_padding
 from .heads import ClassifierHead, FeatureCapture, find_classifier
 from .margins import minimal_margin_scores, most_competitive_wrong_class, multi_margin_penalty
 from .sampler import CachedScoreBatchSampler
-from .schedules import ALPHA_SCHEDULES, alpha_at
+from .schedules import ALPHA_SCHEDULES, alpha_at, register_alpha_schedule
 from .scoring import Int8Scorer, quantized_scorer, rank_agreement, shorten_for_scoring
 from .selection import SELECTION_STRATEGIES, Selection, register_selection_strategy, select_candidates, select_rows
 from .settings import MMRSettings
@@ -60,6 +60,7 @@ __all__ = [
     "multi_margin_penalty",
     "quantized_scorer",
     "rank_agreement",
+    "register_alpha_schedule",
     "register_query_strategy",
     "register_selection_strategy",
     "select_candidates",

@@ -72,7 +72,8 @@ class FeatureCapture:
     def precise_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` recomputed as ``W·phi + b`` in fp32 when the layer produced them in bf16 or fp16 (autocast, or
         a model in that dtype), whose rounding ties nearby margins (bf16 rounds |s| ≈ 10 to steps of 1/16); logits
-        in fp32 or wider are returned as they are. For scoring in eval mode (a LoRA head's dropout is off)."""
+        in fp32 or wider are returned as they are. Of a LoRA head in training mode, the layer as evaluation applies
+        it: without the adapter's dropout on ``phi``."""
         if logits.dtype in (torch.float32, torch.float64):
             return logits
         phi = _at_least_fp32(self.features_for(logits))

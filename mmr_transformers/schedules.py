@@ -7,23 +7,29 @@ from collections.abc import Callable
 AlphaSchedule = Callable[[int, int, float, float], float]
 
 ALPHA_SCHEDULES: dict[str, AlphaSchedule] = {}
+SCHEDULES_USING_END: set[str] = set()  # the schedules that read mmr_alpha_end (it is refused with the others)
 
 
-def _register(name: str) -> Callable[[AlphaSchedule], AlphaSchedule]:
+def register_alpha_schedule(name: str, *, uses_end: bool) -> Callable[[AlphaSchedule], AlphaSchedule]:
+    """Register ``fn(step, total_steps, start, end) -> alpha`` as ``mmr_alpha_schedule=name``; ``uses_end``
+    says whether it reads ``end`` (``mmr_alpha_end``, which defaults to ``start``)."""
+
     def register(fn: AlphaSchedule) -> AlphaSchedule:
         ALPHA_SCHEDULES[name] = fn
+        if uses_end:
+            SCHEDULES_USING_END.add(name)
         return fn
 
     return register
 
 
-@_register("constant")
+@register_alpha_schedule("constant", uses_end=False)
 def constant_alpha(step: int, total_steps: int, start: float, end: float) -> float:
     """``alpha(t) = start`` (thesis: GLUE 1e-5, ImageNet 1e-5)."""
     return start
 
 
-@_register("linear")
+@register_alpha_schedule("linear", uses_end=True)
 def linear_alpha(step: int, total_steps: int, start: float, end: float) -> float:
     """``alpha(t) = (1 - t/(T-1))·start + t/(T-1)·end``, exactly ``start`` at step 0 and ``end`` at step T-1
     (thesis CIFAR recipe: 1e-5 → 1e-3). Steps past the end stay at ``end``."""

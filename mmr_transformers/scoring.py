@@ -42,8 +42,8 @@ def quantized_scorer(model: nn.Module) -> nn.Module:
 
 def refresh_quantized_scorer(scorer: nn.Module, model: nn.Module) -> nn.Module:
     """Bring a :func:`quantized_scorer` view up to ``model``'s current weights, in place, as a new one would be:
-    each int8 layer re-quantizes its float twin (per-tensor symmetric min/max, as ``quantize_dynamic``); the
-    rest is shared with ``model`` and already current. No copy and no module swap: cheap enough for every step."""
+    each int8 layer re-quantizes its float twin's weight (per-tensor symmetric min/max, as ``quantize_dynamic``)
+    and shares its bias, as a new view does; the rest is shared with ``model`` and already current. No copy and no module swap: cheap enough for every step."""
     live_modules = dict(model.named_modules())
     with torch.no_grad(), _quiet_torch_ao():
         for name, module in scorer.named_modules():
@@ -53,7 +53,7 @@ def refresh_quantized_scorer(scorer: nn.Module, model: nn.Module) -> nn.Module:
                 observer(source.weight)
                 scale, zero_point = observer.calculate_qparams()
                 weight = torch.quantize_per_tensor(source.weight.float(), float(scale), int(zero_point), torch.qint8)
-                module.set_weight_bias(weight, None if source.bias is None else source.bias.detach().clone())
+                module.set_weight_bias(weight, None if source.bias is None else source.bias.detach())  # shared
     return scorer
 
 

@@ -9,18 +9,18 @@ live in the field declarations below and nowhere else.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-from .schedules import ALPHA_SCHEDULES
+from .schedules import ALPHA_SCHEDULES, SCHEDULES_USING_END
 from .selection import SELECTION_STRATEGIES
 
 
-class _SelectionChoices(Sequence):
-    """``none`` and the registered strategies, read when asked, so strategies registered later are valid too."""
+class _RegisteredChoices(Sequence):
+    """A registry's names, read when asked, so names registered later (a strategy, a schedule) are valid too."""
 
-    def _names(self) -> list[str]:
-        return ["none", *sorted(SELECTION_STRATEGIES)]
+    def __init__(self, names: Callable[[], list[str]]):
+        self._names = names
 
     def __getitem__(self, i):
         return self._names()[i]
@@ -49,7 +49,7 @@ class MMRSettings:
         default="constant",
         metadata={
             "help": "How alpha moves over the optimizer steps: 'constant', or 'linear' from mmr_alpha to mmr_alpha_end.",
-            "choices": sorted(ALPHA_SCHEDULES),
+            "choices": _RegisteredChoices(lambda: sorted(ALPHA_SCHEDULES)),
         },
     )
     # --- Selective sampling: score k·b candidates without gradients, train on the b chosen ---
@@ -60,7 +60,7 @@ class MMRSettings:
             "minimal margin score), 'loss' (largest cross-entropy, needs labels), 'entropy' (most uncertain), "
             "'random' (a random subset of the scored candidates), 'selective_backprop' (a draw weighted by loss "
             "percentile, needs labels).",
-            "choices": _SelectionChoices(),
+            "choices": _RegisteredChoices(lambda: ["none", *sorted(SELECTION_STRATEGIES)]),
         },
     )
     selection_ratio: float = field(
@@ -167,8 +167,9 @@ class MMRSettings:
 
     @property
     def mmr_enabled(self) -> bool:
-        """MMR adds its term at some step: alpha > 0 at the start or (linear schedule) at the end."""
-        end = self.mmr_alpha_end if self.mmr_alpha_schedule == "linear" and self.mmr_alpha_end is not None else 0.0
+        """MMR adds its term at some step: alpha > 0 at the start or (a schedule to mmr_alpha_end) at the end."""
+        uses_end = self.mmr_alpha_schedule in SCHEDULES_USING_END
+        end = self.mmr_alpha_end if uses_end and self.mmr_alpha_end is not None else 0.0
         return max(self.mmr_alpha, end) > 0
 
     @property
@@ -251,8 +252,9 @@ class MMRSettings:
         defaults = {f.name: f.default for f in fields(MMRSettings)}
         fresh = "selection != 'none' and selection_source='fresh'"
         rules = (  # (fields, what they set, when that runs, whether it runs, the settings that decide it)
-            (("mmr_alpha_end",), "the end of the linear alpha schedule", "mmr_alpha_schedule='linear'",
-             self.mmr_alpha_schedule == "linear", ("mmr_alpha_schedule",)),
+            (("mmr_alpha_end",), "the end of the alpha schedule",
+             f"a schedule that moves alpha to it ({', '.join(sorted(SCHEDULES_USING_END))})",
+             self.mmr_alpha_schedule in SCHEDULES_USING_END, ("mmr_alpha_schedule",)),
             (("selection_ratio",), "the candidate multiplier", "selection != 'none'", self.selection_enabled,
              ("selection",)),
             (("selection_exploration",), "the random share of cached selection", "selection_source='cached'",

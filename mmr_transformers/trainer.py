@@ -83,7 +83,7 @@ class LogWindow:
     def reduce(self, gather) -> dict[str, float]:
         """The window's metrics over all processes (through ``gather``); then a new window starts."""
         if "mmr/scoring_time_fraction" in self.metrics:
-            seconds = time.perf_counter() - (self.started or time.perf_counter())
+            seconds = 0.0 if self.started is None else time.perf_counter() - self.started
             self.record("mmr/scoring_time_fraction", self.scoring_seconds / max(seconds, 1e-9))
         local = []
         for name, kind in self.metrics.items():
@@ -160,11 +160,13 @@ class MMRTrainer(Trainer):
                 "and without a dataset length MMRTrainer cannot tell them apart, so they would be scored and trained "
                 "as new. Set dataloader_drop_last=True (the short last round is dropped), or use a map-style dataset."
             )
-        if self.mmr.cached_selection and streamed:
+        if self._score_cached and streamed:
+            setting, other = (("selection_source='cached'", "selection_source='fresh'") if self.mmr.cached_selection
+                              else (f"prune_score={self.mmr.prune_score!r}", "prune_score='none'"))
             raise ValueError(
-                f"selection_source='cached' keeps a score per dataset index and plans each epoch over all N samples, "
-                f"so it needs a dataset with a length and indexing; got a {type(self.train_dataset).__name__} "
-                "(an IterableDataset). Use selection_source='fresh', or a map-style dataset (datasets.Dataset)."
+                f"{setting} keeps a score per dataset index and plans each epoch over all N samples, so it needs a "
+                f"dataset with a length and indexing; got a {type(self.train_dataset).__name__} (an IterableDataset). "
+                f"Use {other}, or a map-style dataset (datasets.Dataset)."
             )
         if self.mmr.pruning_enabled:
             self._check_pruning_settings()
@@ -283,12 +285,15 @@ class MMRTrainer(Trainer):
         with head.capture() as captured:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         logits = logits_of(outputs)
+        if cache_scores:
+            with torch.no_grad():  # scores of the layer's output in fp32 where the forward ran in bf16 or fp16
+                scored = captured.precise_logits(logits.detach())
         if cache_scores and self.mmr.pruning_enabled:
-            self._pending_scores = learned_score(self.mmr.prune_score, logits.detach(), captured.weight.detach(), labels)
+            self._pending_scores = learned_score(self.mmr.prune_score, scored, captured.weight.detach(), labels)
             loss = weighted_cross_entropy(logits, labels, sample_weights).to(loss.dtype)
         elif cache_scores:
             self._pending_scores = selection_priority(
-                self.strategy, logits.detach(), captured.weight.detach(), labels, self._selection_generator(0)
+                self.strategy, scored, captured.weight.detach(), labels, self._selection_generator(0)
             )
         loss = self._rescaled_loss(loss, scale)
         if penalize:

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTraini
     pre.add_argument("--regime")
     pre.add_argument("--regime_scale", "--regime-scale", type=float, default=1.0)
     for flag in ("--mmr_alpha", "--mmr_alpha_end", *REGIME_SCHEDULE_FLAGS):
-        pre.add_argument(flag)
+        pre.add_argument(flag, flag.replace("_", "-"))  # HfArgumentParser takes both spellings
     known, _ = pre.parse_known_args(argv)
     layers = [("defaults", {"output_dir": os.path.join("runs", "image"), "remove_unused_columns": False})]
     if known.regime:

@@ -47,7 +47,10 @@ ARCHITECTURES = {
         "classifier",
     ),
     "gpt2": ("GPT2Config", "GPT2ForSequenceClassification", dict(n_embd=16, n_layer=2, n_head=2, n_positions=64, pad_token_id=0), "score"),
+    "llama": ("LlamaConfig", "LlamaForSequenceClassification", dict(num_hidden_layers=2, num_key_value_heads=1, pad_token_id=0), "score"),
+    "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification", dict(num_hidden_layers=2, num_key_value_heads=1, pad_token_id=0), "score"),
 }
+DECODERS = {"gpt2": "transformer", "llama": "model", "qwen2": "model"}  # scoring every token; the body's attribute
 
 
 def tiny_model(arch: str = "bert", num_labels: int = 3, seed: int = 0, dropout: bool = True, **overrides):
@@ -133,6 +136,12 @@ def run_python(argv: list[str], env: dict | None = None) -> subprocess.Completed
 def row_key(input_ids) -> tuple:
     """A sample's identity: its real tokens (padding, token 0, left out, so trimmed rows keep their key)."""
     return tuple(int(t) for t in input_ids if int(t) != 0)
+
+
+# one plain SGD step (no momentum, decay, warmup or clipping) on the first rows in order: the change of every
+# parameter is -lr·grad, which a test can compute by hand (reference.sgd_step_of)
+SGD_STEP = dict(optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=0.0, max_steps=1,
+                train_sampling_strategy="sequential")
 
 
 def make_args(output_dir, **overrides):

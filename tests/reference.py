@@ -70,6 +70,35 @@ def brute_force_penalty(features, logits, labels, weight):
     return total / len(labels)
 
 
+def autograd_mmr_loss(phi, weight, bias, labels, alpha):
+    """``CE + alpha·R`` written out row by row, differentiable in ``phi``, ``weight`` and ``bias``: the reference
+    whose gradient a trainer's step must follow (the competitor is the first highest wrong score)."""
+    logits = phi @ weight.T + bias
+    cross_entropy = torch.stack([torch.logsumexp(row, 0) - row[y] for row, y in zip(logits, labels.tolist())]).mean()
+    phi_max_sq = torch.stack([f.dot(f) for f in phi]).max()
+    gaps = []
+    for row, y in zip(logits.tolist(), labels.tolist()):
+        competitor = max((j for j in range(len(row)) if j != y), key=lambda j: row[j])
+        gaps.append((weight[y] - weight[competitor]).pow(2).sum())
+    return cross_entropy + alpha * torch.stack(gaps).mean() * phi_max_sq
+
+
+def sgd_step_of(model, loss):
+    """``-lr·grad`` of ``loss`` for each trainable parameter of ``model`` that it reaches (lr 0.1, as SGD_STEP)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, retain_graph=True)
+    return {n: -0.1 * g for (n, _), g in zip(named, grads) if g is not None}
+
+
+def assert_moved_by(trained, initial, steps):
+    """``trained`` differs from ``initial`` by ``steps`` (name -> change) and in no other parameter."""
+    before = dict(initial.named_parameters())
+    moved = {n: p.detach() - before[n].detach() for n, p in trained.named_parameters()}
+    assert set(steps) == {n for n, change in moved.items() if change.abs().max() > 0}
+    for name, step in steps.items():
+        torch.testing.assert_close(moved[name], step, rtol=1e-3, atol=1e-7, msg=name)
+
+
 def independent_features(model, batch):
     """phi of each architecture's last linear layer, computed from the encoder by hand (no hooks)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]

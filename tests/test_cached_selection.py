@@ -6,7 +6,7 @@ import torch
 
 from builders import RecordingTrainer, make_args, row_key, tiny_model, token_dataset
 from mmr_transformers import CachedScoreBatchSampler, MMRTrainer
-from reference import brute_force_mms
+from reference import brute_force_mms, independent_features
 
 
 def planned(sampler):
@@ -33,6 +33,11 @@ def test_exploration_draws_its_share_outside_the_lowest_scores():
     assert len(chosen) == 25
     assert set(range(15)) <= set(chosen)  # the 15 lowest, then 10 random among the other 85
     assert len([i for i in chosen if i >= 15]) == 10
+    explored = torch.zeros(100)
+    for _ in range(400):  # uniform among the 85: each about 400·10/85 = 47 times (sd 6.4), none favoured
+        explored[[i for i in planned(sampler) if i >= 15]] += 1
+    assert explored[:15].sum() == 0 and explored.sum() == 4000
+    assert 15 < explored[15:].min() and explored[15:].max() < 79
 
 
 def test_passes_cover_every_sample_before_any_is_repeated():
@@ -93,6 +98,46 @@ def test_the_cache_holds_each_trained_samples_margin_from_its_training_forward(o
     assert sorted(trained) == sorted(keys)  # 4 epochs x 12: unseen samples first, so each exactly once
     log = [h for h in trainer.state.log_history if "loss" in h]
     assert [h["mmr/samples_trained"] for h in log] == [12] * 4 and log[0]["mmr/cache_coverage"] == pytest.approx(12 / 48)
+
+
+@pytest.mark.parametrize("source", ["cached selection", "pruning by margin"])
+def test_a_bf16_model_caches_the_margins_of_its_layer_computed_in_fp32(output_dir, source):
+    """bf16 rounds logits near 30 to steps of 1/8, which ties nearby margins: each trained sample's cached score is
+    the margin of W·phi + b recomputed in fp32 from what the layer saw in its training forward, so it matches
+    float64 on the same rounded features. A bias of 30 on every class leaves every margin as it is and puts the
+    logits where rounding is coarse; learning rate 0 keeps the weights the initial model's."""
+    data = token_dataset(48)
+    model = tiny_model("bert", dropout=False, initializer_range=0.2)
+    with torch.no_grad():
+        model.classifier.bias += 30.0
+    model = model.to(torch.bfloat16)
+    initial = copy.deepcopy(model).eval()
+    method = (dict(selection="mms", selection_source="cached", selection_ratio=4, selection_exploration=0.0,
+                   num_train_epochs=4, max_steps=-1)  # unseen samples first: 12 a pass, each once
+              if source == "cached selection" else dict(prune_score="margin", prune_ratio=0.5, max_steps=12))
+    trainer = MMRTrainer(model=model, train_dataset=data, args=make_args(
+        output_dir, mmr_alpha=0.0, learning_rate=0.0, **method))
+    trainer.train()
+    batch = {"input_ids": torch.tensor(data["input_ids"]), "attention_mask": torch.tensor(data["attention_mask"])}
+    weight, bias = initial.classifier.weight.detach().double(), initial.classifier.bias.detach().double()
+    with torch.no_grad():
+        exact = independent_features(initial, batch).double() @ weight.T + bias
+        rounded = initial(**batch).logits.double()
+    if source == "cached selection":
+        expected, of_rounded = (torch.from_numpy(brute_force_mms(s, weight)) for s in (exact, rounded))
+    else:  # (s[y] - s[m]) / ||W[y] - W[m]||, m the highest-scoring wrong class
+        labels = torch.tensor(data["labels"])
+        rows = torch.arange(len(labels))
+
+        def true_class_margin(scores):
+            wrong = scores.clone()
+            wrong[rows, labels] = float("-inf")
+            m = wrong.argmax(dim=1)
+            return (scores[rows, labels] - scores[rows, m]) / (weight[labels] - weight[m]).norm(dim=1)
+        expected, of_rounded = true_class_margin(exact), true_class_margin(rounded)
+    assert not trainer._sampler.scores.isnan().any()  # every sample was trained and scored
+    torch.testing.assert_close(trainer._sampler.scores, expected, rtol=1e-4, atol=1e-4)
+    assert (of_rounded - expected).abs().max() > 1e-3  # what margins of the rounded logits are off by
 
 
 def test_later_epochs_prefer_the_lowest_cached_margins(output_dir):

@@ -5,15 +5,16 @@ import copy
 import json
 import os
 import pickle
+import re
 
 import datasets
 import pytest
 import torch
 from torch.utils.data import IterableDataset
 
-from builders import RecordingTrainer, make_args, tiny_model, token_dataset
+from builders import RecordingTrainer, make_args, rows, tiny_model, token_dataset
 from mmr_transformers import CachedScoreBatchSampler, MMRTrainer, multi_margin_penalty
-from reference import brute_force_penalty
+from reference import brute_force_penalty, expected_loss
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------
@@ -56,6 +57,35 @@ def test_resuming_with_another_selection_ratio_is_refused_by_name(source, tmp_pa
         resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     saved = json.load(open(tmp_path / "a" / "checkpoint-2" / "mmr_settings.json"))
     assert saved["selection_ratio"] == 2 and saved["selection_source"] == source
+
+
+def test_every_data_order_setting_is_saved_and_a_change_of_each_is_refused_by_name(tmp_path):
+    """The checkpoint holds each setting that decides which samples come next; changing any one of them is refused,
+    naming it with both values (world_size: the checkpoint's edited, as one process cannot launch two)."""
+    cached_run(str(tmp_path / "cached")).train()
+    pruning = dict(selection="none", selection_ratio=4, selection_source="fresh", prune_score="loss", prune_ratio=0.5)
+    cached_run(str(tmp_path / "pruned"), **pruning).train()
+    saved = json.load(open(tmp_path / "cached" / "checkpoint-2" / "mmr_settings.json"))
+    assert set(saved) == {"selection", "selection_ratio", "selection_source", "selection_exploration", "prune_score",
+                          "prune_ratio", "prune_anneal", "per_device_train_batch_size", "gradient_accumulation_steps",
+                          "world_size"}
+    changes = [("cached", dict(selection="loss"), "selection 'mms' -> 'loss'"),
+               ("cached", dict(selection_ratio=3), "selection_ratio 2 -> 3"),
+               ("cached", dict(selection_source="fresh"), "selection_source 'cached' -> 'fresh'"),
+               ("cached", dict(selection_exploration=0.3), "selection_exploration 0.1 -> 0.3"),
+               ("cached", dict(per_device_train_batch_size=2), "per_device_train_batch_size 4 -> 2"),
+               ("cached", dict(gradient_accumulation_steps=2), "gradient_accumulation_steps 1 -> 2"),
+               ("pruned", {**pruning, "prune_score": "margin"}, "prune_score 'loss' -> 'margin'"),
+               ("pruned", {**pruning, "prune_ratio": 0.3}, "prune_ratio 0.5 -> 0.3"),
+               ("pruned", {**pruning, "prune_anneal": 0.5}, "prune_anneal 0.875 -> 0.5")]
+    for run, overrides, named in changes:
+        trainer = cached_run(str(tmp_path / "resumed"), **overrides)
+        with pytest.raises(ValueError, match=rf"other settings than it was saved with: {re.escape(named)}\. "):
+            trainer._check_resumed_settings(str(tmp_path / run / "checkpoint-2"))
+    settings_file = tmp_path / "cached" / "checkpoint-2" / "mmr_settings.json"
+    settings_file.write_text(json.dumps({**saved, "world_size": 2}))
+    with pytest.raises(ValueError, match=r"other settings than it was saved with: world_size 2 -> 1\. "):
+        cached_run(str(tmp_path / "resumed"))._check_resumed_settings(str(settings_file.parent))
 
 
 def test_resuming_with_the_saved_settings_is_accepted(tmp_path):
@@ -129,11 +159,21 @@ def test_rows_labelled_minus_100_are_left_out_of_the_penalty():
 
 
 def test_a_batch_with_minus_100_labels_trains_with_the_model_loss_ignoring_them(output_dir):
+    """The logged loss and R of a batch with a -100 row are CE + alpha·R over its three labelled rows."""
     data = token_dataset(16).remove_columns("labels").add_column("labels", [0, 1, 2, -100] * 4)
-    trainer = MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir, mmr_alpha=1.0, max_steps=2),
-                         train_dataset=data)
+    model = tiny_model("bert", dropout=False)
+    initial = copy.deepcopy(model).eval()
+    alpha = 50.0
+    trainer = MMRTrainer(model=model, train_dataset=data, args=make_args(
+        output_dir, mmr_alpha=alpha, max_steps=1, train_sampling_strategy="sequential"))
     trainer.train()
-    assert all(torch.isfinite(torch.tensor(h["mmr/penalty"])) for h in trainer.state.log_history if "loss" in h)
+    logged = trainer.state.log_history[0]
+    batch = rows(data, 0, 4)
+    labelled = {key: value[:3] for key, value in batch.items()}
+    loss, penalty = expected_loss(initial, labelled, alpha)
+    assert logged["loss"] == pytest.approx(loss, rel=1e-5) and logged["mmr/penalty"] == pytest.approx(penalty, rel=1e-5)
+    as_class_0 = {**batch, "labels": batch["labels"].clamp(min=0)}  # what counting the row as class 0 would give
+    assert expected_loss(initial, as_class_0, alpha)[1] != pytest.approx(penalty, rel=1e-3)
 
 
 # ---- settings that cannot work -----------------------------------------------------------------------------
@@ -148,11 +188,14 @@ class Stream(IterableDataset):
         yield from token_dataset(8)
 
 
-def test_cached_selection_over_an_iterable_dataset_is_refused_at_construction(output_dir):
-    with pytest.raises(ValueError, match=r"selection_source='cached' keeps a score per dataset index.*got a Stream "
+@pytest.mark.parametrize("setting, method", [
+    ("selection_source='cached'", dict(selection="mms", selection_source="cached")),
+    ("prune_score='loss'", dict(prune_score="loss", prune_ratio=0.5)),
+])
+def test_a_score_cache_over_an_iterable_dataset_is_refused_at_construction(output_dir, setting, method):
+    with pytest.raises(ValueError, match=rf"{setting} keeps a score per dataset index.*got a Stream "
                                          r"\(an IterableDataset\)"):
-        MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir, selection="mms", selection_source="cached"),
-                   train_dataset=Stream())
+        MMRTrainer(model=tiny_model("bert"), args=make_args(output_dir, **method), train_dataset=Stream())
 
 
 class OutOfMemoryOnce(RecordingTrainer):

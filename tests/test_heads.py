@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from builders import ARCHITECTURES, tiny_model
+from builders import ARCHITECTURES, DECODERS, tiny_model
 from mmr_transformers.heads import check_classification_head, find_classifier
 
 
@@ -16,17 +16,18 @@ def test_finds_the_last_linear_layer_and_captures_its_input(arch):
     assert head.name == ARCHITECTURES[arch][3]
     ids = torch.randint(3, 60, (5, 7))
     mask = torch.ones_like(ids)
-    if arch == "gpt2":  # right padding: the model scores the last non-pad token
+    if arch in DECODERS:  # right padding in two rows, left in one: the model scores the last non-pad token
         ids[1, 4:], mask[1, 4:] = 0, 0
         ids[3, 6:], mask[3, 6:] = 0, 0
+        ids[4, :2], mask[4, :2] = 0, 0
     with torch.no_grad(), head.capture() as captured:
         logits = model(input_ids=ids, attention_mask=mask).logits
     phi = captured.features_for(logits)
     assert phi.shape == (5, head.linear.in_features)
     bias = head.linear.bias if head.linear.bias is not None else 0
     torch.testing.assert_close(phi @ head.weight.T + bias, logits, rtol=1e-5, atol=1e-5)
-    if arch == "gpt2":
-        hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+    if arch in DECODERS:
+        hidden = getattr(model, DECODERS[arch])(input_ids=ids, attention_mask=mask).last_hidden_state
         torch.testing.assert_close(phi, hidden[torch.arange(5), torch.tensor([6, 3, 6, 5, 6])])
 
 

@@ -5,8 +5,8 @@ import sys
 
 from builders import REPO
 
-CORE = ["margins", "selection", "schedules", "heads", "batching", "scoring", "sampler", "settings", "diagnostics",
-        "active_learning"]
+CORE = ["margins", "selection", "schedules", "heads", "batching", "scoring", "sampler", "pruning", "settings",
+        "diagnostics", "active_learning"]
 
 
 def python(code: str) -> str:

@@ -79,14 +79,18 @@ def test_penalty_gradient_passes_gradcheck():
     assert nonzero_rows == [int(largest)]
 
 
-def test_bias_does_not_enter_the_penalty():
-    weight = torch.randn(3, 4)
-    features = torch.randn(5, 4)
-    labels = torch.tensor([0, 1, 2, 0, 1])
-    logits = features @ weight.T
-    shifted = logits + torch.tensor([0.001, -0.002, 0.0005])  # too small to change any competitor
-    assert torch.equal(most_competitive_wrong_class(logits, labels), most_competitive_wrong_class(shifted, labels))
-    assert multi_margin_penalty(features, logits, labels, weight) == multi_margin_penalty(features, shifted, labels, weight)
+def test_the_bias_picks_the_competitor_but_does_not_enter_the_penalty():
+    """m_n is the highest wrong score of the logits W·phi + b as given; R itself is ||W[y] - W[m]||²·max||phi||²,
+    with no bias term: the penalty of biased logits is the brute force on those logits, not on W·phi."""
+    g = torch.Generator().manual_seed(0)
+    weight, features = torch.randn(4, 6, generator=g), torch.randn(16, 6, generator=g)
+    labels = torch.randint(0, 4, (16,), generator=g)
+    unbiased = features @ weight.T
+    biased = unbiased + torch.tensor([0.0, 3.0, -3.0, 1.0])
+    assert not torch.equal(most_competitive_wrong_class(unbiased, labels), most_competitive_wrong_class(biased, labels))
+    expected = brute_force_penalty(features, biased, labels.tolist(), weight)
+    assert multi_margin_penalty(features, biased, labels, weight).item() == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(brute_force_penalty(features, unbiased, labels.tolist(), weight), rel=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from builders import make_args, rows, tiny_model, token_dataset
+from builders import SGD_STEP, make_args, rows, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer, find_classifier, minimal_margin_scores, select_rows
-from reference import brute_force_mms, brute_force_penalty
+from reference import assert_moved_by, autograd_mmr_loss, brute_force_mms, brute_force_penalty, sgd_step_of
 
 
 def lora_model(target=("query", "value", "classifier"), use_dora=False, seed=0):
@@ -65,8 +65,27 @@ def test_mmr_penalty_of_a_lora_classifier_equals_the_merged_models(output_dir):
     expected = brute_force_penalty(phi.numpy(), logits.numpy(), batch["labels"].tolist(),
                                    reference.classifier.weight.detach().numpy())
     assert trainer.state.log_history[0]["mmr/penalty"] == pytest.approx(expected, rel=1e-4)
-    lora_b = dict(model.named_parameters())["base_model.model.classifier.lora_B.default.weight"]
-    assert lora_b.requires_grad  # the penalty's gradient reaches the adapter through the effective weight
+
+
+def test_a_step_moves_the_adapters_by_the_gradient_through_the_effective_weight(output_dir):
+    """One plain SGD step changes each trainable tensor (the adapters and the classifier's bias) by -lr times the
+    gradient of CE + alpha·R written out by hand on W0 + scaling·B·A: R reaches B and A through the effective
+    weight and the encoder's adapters through phi_max."""
+    model = lora_model()
+    reference = copy.deepcopy(model)
+    data = token_dataset(16, num_labels=4)
+    alpha = 50.0
+    MMRTrainer(model=model, args=make_args(output_dir, mmr_alpha=alpha, **SGD_STEP), train_dataset=data).train()
+    batch = rows(data, 0, 4)
+    lora = reference.base_model.model.classifier
+    weight = lora.base_layer.weight + lora.scaling["default"] * lora.lora_B["default"].weight @ lora.lora_A["default"].weight
+    phi = reference.base_model.model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
+    losses = {a: autograd_mmr_loss(phi, weight, lora.base_layer.bias, batch["labels"], a) for a in (alpha, 0.0)}
+    expected, without_r = sgd_step_of(reference, losses[alpha]), sgd_step_of(reference, losses[0.0])
+    assert_moved_by(model, reference, expected)
+    for name in ("classifier.lora_B", "classifier.lora_A", "query.lora_A"):  # R's share of the step is material
+        name = next(n for n in expected if name in n)
+        assert (expected[name] - without_r[name]).abs().max() > 100 * (1e-3 * expected[name].abs().max() + 1e-7)
 
 
 def test_dora_on_the_classifier_is_refused_with_the_reason(output_dir):

@@ -89,6 +89,24 @@ def test_annealing_keeps_everything_unweighted_and_epochs_keep_plain_trainings_l
     assert one_round(sampler) and all(w == 1.0 for _, w in one_round(sampler)) and len(one_round(sampler)) == 10
 
 
+def test_an_epochs_batches_are_the_rounds_back_to_back_each_pair_once():
+    """Iterating yields the rounds' (index, weight) pairs in plan order, glued across round and epoch boundaries
+    into full batches: nothing repeated or dropped where a round ends inside a batch."""
+    def scored_sampler():
+        sampler = PruningBatchSampler(23, batch_size=4, prune_ratio=0.5, anneal=1.0, progress=lambda: 0.0, seed=1)
+        sampler.update(torch.arange(23), torch.arange(23).double())  # 11 above the mean: rounds of 12 + 6 = 18
+        return sampler
+    iterated, twin = scored_sampler(), scored_sampler()
+    epochs = [list(iterated) for _ in range(3)]
+    assert [[len(batch) for batch in epoch] for epoch in epochs] == [[4] * 6] * 3  # ceil(23 / 4) full batches
+    stream = [pair for epoch in epochs for batch in epoch for pair in batch]
+    rounds = []
+    while sum(map(len, rounds)) < len(stream):
+        rounds.append([tuple(pair) for pair in twin._plan_round()])
+        assert len(rounds[-1]) == 18
+    assert stream == [pair for plan in rounds for pair in plan][: len(stream)]
+
+
 def manual_pruned_training(model, data, steps, batch_size, lr, kind, ratio, anneal, seed):
     """What pruning must do, written as a plain loop: batches from the sampler (fetched one ahead within an epoch, as
     Accelerate's DataLoader does), each sample's cross-entropy weighted, SGD, then each trained sample's score by a

@@ -104,6 +104,20 @@ def test_sentence_pairs_from_tsv_with_integer_labels(tmp_path, model_dir):
                                            dev="dev.tsv"))
     assert results["eval_samples"] == 8 and results["train_samples"] == 24
     assert json.load(open(tmp_path / "out" / "run_config.json"))["labels"] == ["0", "1"]
+    # the saved model on each dev pair, tokenized as a pair: the reported loss and accuracy
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    dev = [line.split("\t") for line in (tmp_path / "dev.tsv").read_text().splitlines()[1:]]
+    labels = torch.tensor([int(y) for _, _, y in dev])
+    with torch.no_grad():
+        logits = torch.cat([model(**tokenizer(a, b, truncation=True, max_length=16, return_tensors="pt")).logits
+                            for a, b, _ in dev])
+    assert results["eval_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert results["eval_accuracy"] == pytest.approx((logits.argmax(1) == labels).double().mean().item())
+    with torch.no_grad():  # the first text alone scores differently: the check tells pairs from single texts
+        alone = torch.cat([model(**tokenizer(a, truncation=True, max_length=16, return_tensors="pt")).logits
+                           for a, _, _ in dev])
+    assert torch.nn.functional.cross_entropy(alone, labels).item() != pytest.approx(results["eval_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("case, message", [

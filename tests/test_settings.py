@@ -54,8 +54,8 @@ def test_a_strategy_registered_later_is_a_valid_choice(output_dir):
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(mmr_alpha_end=1e-3), r"mmr_alpha_end set the end of the linear alpha schedule, which runs only with "
-                               r"mmr_alpha_schedule='linear' \(got mmr_alpha_schedule='constant'\)"),
+    (dict(mmr_alpha_end=1e-3), r"mmr_alpha_end set the end of the alpha schedule, which runs only with a schedule "
+                               r"that moves alpha to it \(linear\) \(got mmr_alpha_schedule='constant'\)"),
     (dict(selection_ratio=2), r"selection_ratio set the candidate multiplier, which runs only with selection != 'none'"),
     (dict(selection="mms", selection_exploration=0.5), r"selection_exploration set the random share of cached selection, "
                                                        r"which runs only with selection_source='cached'"),

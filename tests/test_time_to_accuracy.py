@@ -61,7 +61,8 @@ def test_the_resumable_runner_skips_existing_results_and_writes_one_json_per_run
     assert json.load(open(tmp_path / "a.json")) == {"run": "a"} and json.load(open(tmp_path / "b.json")) == {"kept": True}
     assert common.run_resumable(str(tmp_path), [(n, make(n, {"run": n})) for n in ("a", "b", "c")]) == []
     assert called == ["a", "c", "d"]  # a second pass over a finished study runs nothing
-    with pytest.raises(TypeError):  # a run that fails while its record is written leaves no file that reads as done
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):  # a run that fails
+        # while its record is written leaves no file that reads as done
         common.run_resumable(str(tmp_path), [("e", lambda: {"run": "e", "unwritable": object()})])
     assert not (tmp_path / "e.json").exists()
 

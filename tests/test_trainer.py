@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from builders import RecordingTrainer, make_args, row_key, rows, tiny_model, token_dataset
+from builders import SGD_STEP, RecordingTrainer, make_args, row_key, rows, tiny_model, token_dataset
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
-from reference import brute_force_lowest_mms, brute_force_model_mms, expected_loss
+from reference import (assert_moved_by, autograd_mmr_loss, brute_force_lowest_mms, brute_force_model_mms,
+                       classifier_linear, expected_loss, independent_features, sgd_step_of)
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
@@ -27,6 +28,27 @@ def test_training_loss_is_cross_entropy_plus_alpha_times_the_penalty(arch, outpu
     assert logged["mmr/penalty"] == pytest.approx(penalty, rel=1e-5)
     assert logged["mmr/alpha"] == alpha
     assert penalty * alpha > 1e-3 * loss  # the term is large enough for the check to mean something
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_a_training_step_follows_the_gradient_of_cross_entropy_plus_alpha_times_the_penalty(arch, output_dir):
+    """One plain SGD step moves every parameter by -lr times the gradient of CE + alpha·R written out by hand:
+    R's gradient reaches W through the weight gap and the encoder through phi_max."""
+    data = token_dataset(32)
+    model = tiny_model(arch, dropout=False)
+    reference = copy.deepcopy(model)
+    alpha = 50.0
+    MMRTrainer(model=model, args=make_args(output_dir, mmr_alpha=alpha, **SGD_STEP), train_dataset=data).train()
+    batch, linear = rows(data, 0, 4), classifier_linear(reference)
+    phi = independent_features(reference, batch)
+    losses = {a: autograd_mmr_loss(phi, linear.weight, linear.bias, batch["labels"], a) for a in (alpha, 0.0)}
+    expected = sgd_step_of(reference, losses[alpha])
+    without_r = sgd_step_of(reference, losses[0.0])
+    assert_moved_by(model, reference, expected)
+    weight_name = next(n for n, p in reference.named_parameters() if p is linear.weight)
+    encoder_name = next(n for n in expected if "embeddings" in n)
+    for name in (weight_name, encoder_name):  # R's share of the step: far above the tolerance
+        assert (expected[name] - without_r[name]).abs().max() > 100 * (1e-3 * expected[name].abs().max() + 1e-7)
 
 
 def test_evaluation_loss_has_no_regularizer(output_dir):
@@ -158,7 +180,7 @@ def test_linear_alpha_schedule_reaches_its_end_on_the_last_step(output_dir):
     assert [h["mmr/alpha"] for h in trainer.state.log_history if "loss" in h] == [1e-5, (1e-5 + 1e-3) / 2, 1e-3]
 
 
-def test_the_command_line_has_every_mmr_flag(output_dir):
+def test_the_command_line_has_every_mmr_flag(output_dir, capsys):
     (args,) = HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(
         ["--output_dir", output_dir, "--mmr-alpha", "1e-4", "--mmr_alpha_end", "1e-3", "--mmr-alpha-schedule", "linear",
          "--selection", "entropy", "--selection_ratio", "2.5", "--classifier_module", "classifier", "--use_cpu"]
@@ -167,6 +189,7 @@ def test_the_command_line_has_every_mmr_flag(output_dir):
     assert (args.selection, args.selection_ratio, args.classifier_module) == ("entropy", 2.5, "classifier")
     with pytest.raises(SystemExit):
         HfArgumentParser(MMRTrainingArguments).parse_args_into_dataclasses(["--output_dir", output_dir, "--selection", "hardest"])
+    assert "argument --selection: invalid choice: 'hardest'" in capsys.readouterr().err
 
 
 # ---- bad input: clear errors, before any work is lost -----------------------------------------------
@@ -308,3 +331,24 @@ def test_scoring_runs_in_eval_mode_leaves_batchnorm_statistics_alone_and_restore
     trainer._select(candidates, micro_step=0)
     assert not model.training  # the previous mode is restored, whatever it was
     assert len(selected["labels"]) == 4
+
+
+@pytest.mark.parametrize("scoring_batch_size, forwards", [(None, 2), (2, 4), (8, 1)])
+def test_scoring_time_fraction_is_the_scoring_share_of_each_logging_window(output_dir, monkeypatch, scoring_batch_size,
+                                                                           forwards):
+    """A clock that only model forwards move (1 s a scoring forward, 3 s a training one): a step scores its
+    k·b = 8 candidates in chunks of selection_scoring_batch_size (default b = 4), so a window of two steps spends
+    2·forwards of its 2·forwards + 6 seconds scoring; the first also holds the check of the head on two rows of the
+    first batch (one eval forward, not scoring)."""
+    import types
+    import mmr_transformers.trainer as trainer_module
+    clock = [1000.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    model = tiny_model("bert")
+    model.register_forward_hook(lambda module, args, output: clock.__setitem__(0, clock[0] + (3.0 if module.training else 1.0)))
+    trainer = MMRTrainer(model=model, train_dataset=token_dataset(64), args=make_args(
+        output_dir, selection="mms", selection_ratio=2, max_steps=4, logging_steps=2,
+        selection_scoring_batch_size=scoring_batch_size))
+    trainer.train()
+    fractions = [h["mmr/scoring_time_fraction"] for h in trainer.state.log_history if "loss" in h]
+    assert fractions == pytest.approx([2 * forwards / (2 * forwards + 7), 2 * forwards / (2 * forwards + 6)], rel=1e-12)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -148,6 +149,40 @@ def test_orthogonal_classifier_stays_frozen_and_orthonormal_while_mms_and_mmr_tr
     assert trainer.state.log_history[0]["mmr/mms_selected"] <= trainer.state.log_history[0]["mmr/mms_candidates"]
 
 
+def test_a_batchnorm_model_keeps_the_lowest_margins_of_its_eval_mode_forward(output_dir, monkeypatch):
+    """Scoring runs in eval mode, BatchNorm on its running statistics: each step keeps the candidates whose margins,
+    by brute force on the logits of an eval-mode copy with that step's weights and statistics, are lowest."""
+    import copy
+    import mmr_transformers.trainer as trainer_module
+    from reference import brute_force_mms
+    scored = []
+
+    def recording_select_rows(model, weight, inputs, num_keep, *args, **kwargs):
+        state = copy.deepcopy(model.state_dict())
+        chosen = select_rows(model, weight, inputs, num_keep, *args, **kwargs)
+        scored.append((state, inputs["pixel_values"].clone(), chosen.keep.tolist()))
+        return chosen
+
+    select_rows = trainer_module.select_rows
+    monkeypatch.setattr(trainer_module, "select_rows", recording_select_rows)
+    torch.manual_seed(0)
+    model = build_model("resnet20", 4)
+    trainer = MMRTrainer(model=model, train_dataset=RandomImages(), args=image_args(
+        output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=4, max_steps=3, learning_rate=0.5))
+    trainer.train()
+    reference = build_model("resnet20", 4)
+    in_train_mode = 0
+    for state, images, keep in scored:
+        reference.load_state_dict(state)
+        weight = reference.network.fc.weight.detach().numpy()
+        with torch.no_grad():
+            margins = brute_force_mms(reference.eval()(pixel_values=images).logits.numpy(), weight)
+            batch_statistics = brute_force_mms(reference.train()(pixel_values=images).logits.numpy(), weight)
+        assert sorted(keep) == sorted(np.argsort(margins, kind="stable")[:len(keep)].tolist())
+        in_train_mode += sorted(keep) != sorted(np.argsort(batch_statistics, kind="stable")[:len(keep)].tolist())
+    assert len(scored) == 3 and in_train_mode  # train mode's batch statistics would have kept other rows
+
+
 def test_cutout_zeroes_one_square():
     torch.manual_seed(3)
     image = Cutout(8)(torch.ones(3, 32, 32))
@@ -227,8 +262,10 @@ def test_a_regime_shares_its_batch_between_processes_and_a_lone_alpha_replaces_i
     _, args = run_image.parse_args(regime)
     assert (args.per_device_train_batch_size, args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule) == (
         64, 1e-5, 1e-3, "linear")
-    _, args = run_image.parse_args([*regime, "--mmr_alpha", "0"])
-    assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule, args.mmr_enabled) == (0, None, "constant", False)
+    for lone_alpha in (["--mmr_alpha", "0"], ["--mmr-alpha", "0"], ["--mmr-alpha=0"]):
+        _, args = run_image.parse_args([*regime, *lone_alpha])
+        assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule, args.mmr_enabled) == (
+            0, None, "constant", False), lone_alpha
     _, args = run_image.parse_args([*regime, "--mmr_alpha", "1e-4", "--mmr_alpha_end", "1e-2"])
     assert (args.mmr_alpha, args.mmr_alpha_end, args.mmr_alpha_schedule) == (1e-4, 1e-2, "linear")
     monkeypatch.setenv("WORLD_SIZE", "4")  # what accelerate launch tells each of 4 processes
@@ -244,8 +281,9 @@ def test_a_regime_shares_its_batch_between_processes_and_a_lone_alpha_replaces_i
 
 @pytest.mark.parametrize("flag, value", [("--lr_scheduler_type", "cosine"), ("--warmup_steps", "10"), ("--optim", "adamw_torch")])
 def test_a_regime_refuses_the_schedule_and_optimizer_flags_it_would_ignore(flag, value):
-    with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
-        run_image.parse_args(["--regime", "resnet44-cifar10-early", flag, value, "--output_dir", "unused"])
+    for spelling in (flag, flag.replace("_", "-")):  # HfArgumentParser takes both
+        with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
+            run_image.parse_args(["--regime", "resnet44-cifar10-early", spelling, value, "--output_dir", "unused"])
 
 
 def test_an_image_folder_whose_splits_have_other_classes_is_refused(tmp_path):
