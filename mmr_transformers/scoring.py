@@ -43,7 +43,8 @@ def quantized_scorer(model: nn.Module) -> nn.Module:
 def refresh_quantized_scorer(scorer: nn.Module, model: nn.Module) -> nn.Module:
     """Bring a :func:`quantized_scorer` view up to ``model``'s current weights, in place, as a new one would be:
     each int8 layer re-quantizes its float twin's weight (per-tensor symmetric min/max, as ``quantize_dynamic``)
-    and shares its bias, as a new view does; the rest is shared with ``model`` and already current. No copy and no module swap: cheap enough for every step."""
+    and shares its bias, as a new view does; the rest is shared with ``model`` and already current. No copy and
+    no module swap: cheap enough for every step."""
     live_modules = dict(model.named_modules())
     with torch.no_grad(), _quiet_torch_ao():
         for name, module in scorer.named_modules():
