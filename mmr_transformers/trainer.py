@@ -623,7 +623,7 @@ class MMRTrainer(Trainer):
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         with open(os.path.join(folder, self.SETTINGS_FILE), "w") as f:
-            json.dump(self._data_order_settings(), f, indent=1)
+            json.dump({**self._data_order_settings(), "save_only_model": self.args.save_only_model}, f, indent=1)
         if self._sampler is not None and not self.args.save_only_model:
             torch.save(self._sampler.state_dict(), os.path.join(folder, self.SAMPLER_STATE))
 
@@ -634,13 +634,21 @@ class MMRTrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None or not self._uses_margins:
             return
+        saved = self._saved_settings(checkpoint)
+        if saved.get("save_only_model"):
+            raise ValueError(
+                f"{checkpoint} was saved with save_only_model=True: it holds the model's weights but not the optimizer, "
+                "scheduler, random-number and sampler states that a resumed run continues from, so training would go on "
+                "from another state than the interrupted run's. Resume from a checkpoint saved with save_only_model=False, "
+                "or start a new run from these weights (from_pretrained / --model_name_or_path)."
+            )
         path = os.path.join(checkpoint, self.SAMPLER_STATE)
         if self._sampler is not None and not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{checkpoint} has no {self.SAMPLER_STATE}: it was not saved by a run with "
                 "selection_source='cached' or prune_score, so the cached scores cannot be restored."
             )
-        self._check_resumed_settings(checkpoint)
+        self._check_resumed_settings(checkpoint, saved)
         if self._sampler is None:
             return
         try:
@@ -653,12 +661,15 @@ class MMRTrainer(Trainer):
             ) from error
         self._sampler.load_state_dict(state)
 
-    def _check_resumed_settings(self, checkpoint: str) -> None:
+    def _saved_settings(self, checkpoint: str) -> dict[str, Any]:
+        """The checkpoint's data-order settings; empty for a run without MMR or selection (nothing of ours)."""
         path = os.path.join(checkpoint, self.SETTINGS_FILE)
         if not os.path.isfile(path):
-            return  # a checkpoint of a run without MMR or selection: nothing of ours to continue
+            return {}
         with open(path) as f:
-            saved = json.load(f)
+            return json.load(f)
+
+    def _check_resumed_settings(self, checkpoint: str, saved: dict[str, Any]) -> None:
         now = self._data_order_settings()
         changed = [name for name in now if name in saved and saved[name] != now[name]]
         if changed:
