@@ -149,13 +149,11 @@ def test_orthogonal_classifier_stays_frozen_and_orthonormal_while_mms_and_mmr_tr
     assert trainer.state.log_history[0]["mmr/mms_selected"] <= trainer.state.log_history[0]["mmr/mms_candidates"]
 
 
-def test_a_batchnorm_model_keeps_the_lowest_margins_of_its_eval_mode_forward(output_dir, monkeypatch):
-    """Scoring runs in eval mode, BatchNorm on its running statistics: each step keeps the candidates whose margins,
-    by brute force on the logits of an eval-mode copy with that step's weights and statistics, are lowest."""
+def recorded_scoring(monkeypatch) -> list:
+    """(weights and buffers, the images scored, the rows kept) of each scoring pass the trainer runs from now on."""
     import copy
     import mmr_transformers.trainer as trainer_module
-    from reference import brute_force_mms
-    scored = []
+    select_rows, scored = trainer_module.select_rows, []
 
     def recording_select_rows(model, weight, inputs, num_keep, *args, **kwargs):
         state = copy.deepcopy(model.state_dict())
@@ -163,8 +161,15 @@ def test_a_batchnorm_model_keeps_the_lowest_margins_of_its_eval_mode_forward(out
         scored.append((state, inputs["pixel_values"].clone(), chosen.keep.tolist()))
         return chosen
 
-    select_rows = trainer_module.select_rows
     monkeypatch.setattr(trainer_module, "select_rows", recording_select_rows)
+    return scored
+
+
+def test_a_batchnorm_model_keeps_the_lowest_margins_of_its_eval_mode_forward(output_dir, monkeypatch):
+    """Scoring runs in eval mode, BatchNorm on its running statistics: each step keeps the candidates whose margins,
+    by brute force on the logits of an eval-mode copy with that step's weights and statistics, are lowest."""
+    from reference import brute_force_mms
+    scored = recorded_scoring(monkeypatch)
     torch.manual_seed(0)
     model = build_model("resnet20", 4)
     trainer = MMRTrainer(model=model, train_dataset=RandomImages(), args=image_args(
@@ -296,3 +301,25 @@ def test_an_image_folder_whose_splits_have_other_classes_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"the evaluation classes \['cat', 'wolf'\] are not the training classes "
                                          r"\['cat', 'dog'\]: labels would mean other classes"):
         load_image_datasets("imagefolder", str(tmp_path))
+
+
+def test_image_scale_scores_the_candidates_downscaled_and_trains_them_whole(output_dir, monkeypatch):
+    """selection_scoring_image_scale=0.5: the scoring pass sees each candidate of the step resized to 16×16 (the
+    resize tested against a box filter in test_cheap_scoring), the step trains the kept candidates at 32×32."""
+    from mmr_transformers import shorten_for_scoring
+    scored = recorded_scoring(monkeypatch)
+    data = RandomImages()
+    trained = []
+    torch.manual_seed(0)
+    model = build_model("resnet20", 4)
+    model.register_forward_hook(lambda module, args, kwargs, output: trained.append(kwargs["pixel_values"].clone())
+                                if module.training else None, with_kwargs=True)
+    MMRTrainer(model=model, train_dataset=data, args=image_args(
+        output_dir, mmr_alpha=0.0, selection="mms", selection_ratio=2, max_steps=3, selection_scoring_image_scale=0.5,
+        train_sampling_strategy="sequential")).train()
+    assert len(scored) == 3 and [tuple(t.shape) for t in trained] == [(4, 3, 32, 32)] * 3
+    for step, ((_, images, keep), batch) in enumerate(zip(scored, trained)):
+        assert images.shape == (8, 3, 16, 16)
+        candidates = data.images[8 * step: 8 * step + 8]
+        torch.testing.assert_close(images, shorten_for_scoring({"pixel_values": candidates}, image_scale=0.5)["pixel_values"])
+        torch.testing.assert_close(batch, candidates[sorted(keep)])
