@@ -18,6 +18,8 @@ def register_alpha_schedule(name: str, *, uses_end: bool) -> Callable[[AlphaSche
         ALPHA_SCHEDULES[name] = fn
         if uses_end:
             SCHEDULES_USING_END.add(name)
+        else:  # a replaced schedule's old entry must not survive
+            SCHEDULES_USING_END.discard(name)
         return fn
 
     return register

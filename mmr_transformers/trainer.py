@@ -18,6 +18,7 @@ since the previous training log and averaged (counts: summed) over processes. Al
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -635,7 +636,8 @@ class MMRTrainer(Trainer):
         if checkpoint is None or not self._uses_margins:
             return
         saved = self._saved_settings(checkpoint)
-        if saved.get("save_only_model"):
+        model_only = not glob.glob(os.path.join(checkpoint, "rng_state*.pth"))  # (also checkpoints older than the key)
+        if saved.get("save_only_model") or model_only:
             raise ValueError(
                 f"{checkpoint} was saved with save_only_model=True: it holds the model's weights but not the optimizer, "
                 "scheduler, random-number and sampler states that a resumed run continues from, so training would go on "
@@ -662,7 +664,7 @@ class MMRTrainer(Trainer):
         self._sampler.load_state_dict(state)
 
     def _saved_settings(self, checkpoint: str) -> dict[str, Any]:
-        """The checkpoint's data-order settings; empty for a run without MMR or selection (nothing of ours)."""
+        """The checkpoint's data-order settings and ``save_only_model``; empty for a run without MMR or selection."""
         path = os.path.join(checkpoint, self.SETTINGS_FILE)
         if not os.path.isfile(path):
             return {}

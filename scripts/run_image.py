@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTraini
             settings |= {"mmr_alpha": regime.mmr_alpha, "mmr_alpha_end": regime.mmr_alpha_end,
                          "mmr_alpha_schedule": "linear" if regime.mmr_alpha_end else "constant"}
         layers.append((f"regime {regime.name}", settings))
-    return parse_layered(HfArgumentParser((ImageArguments, MMRTrainingArguments)), layers, argv)
+    # no abbreviations: the pre-parser above must see every flag the real parser takes (--warmup_st would pass it)
+    return parse_layered(HfArgumentParser((ImageArguments, MMRTrainingArguments), allow_abbrev=False), layers, argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

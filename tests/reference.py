@@ -95,8 +95,8 @@ def assert_moved_by(trained, initial, steps):
     before = dict(initial.named_parameters())
     moved = {n: p.detach() - before[n].detach() for n, p in trained.named_parameters()}
     assert set(steps) == {n for n, change in moved.items() if change.abs().max() > 0}
-    for name, step in steps.items():
-        torch.testing.assert_close(moved[name], step, rtol=1e-3, atol=1e-7, msg=name)
+    for name, step in steps.items():  # atol per tensor: sums in another order differ by rounding of its largest terms
+        torch.testing.assert_close(moved[name], step, rtol=1e-3, atol=1e-7 + 1e-4 * step.abs().max().item(), msg=name)
 
 
 def independent_features(model, batch):

@@ -6,7 +6,7 @@ import torch
 
 from builders import RecordingTrainer, make_args, row_key, tiny_model, token_dataset
 from mmr_transformers import CachedScoreBatchSampler, MMRTrainer
-from reference import brute_force_mms, independent_features
+from reference import brute_force_mms
 
 
 def planned(sampler):
@@ -103,9 +103,9 @@ def test_the_cache_holds_each_trained_samples_margin_from_its_training_forward(o
 @pytest.mark.parametrize("source", ["cached selection", "pruning by margin"])
 def test_a_bf16_model_caches_the_margins_of_its_layer_computed_in_fp32(output_dir, source):
     """bf16 rounds logits near 30 to steps of 1/8, which ties nearby margins: each trained sample's cached score is
-    the margin of W·phi + b recomputed in fp32 from what the layer saw in its training forward, so it matches
-    float64 on the same rounded features. A bias of 30 on every class leaves every margin as it is and puts the
-    logits where rounding is coarse; learning rate 0 keeps the weights the initial model's."""
+    the margin of W·phi + b recomputed in fp32 from what the layer saw in its training forward (recorded here by
+    hooks), so it matches float64 on those bf16 features. A bias of 30 on every class leaves every margin as it is
+    and puts the logits where rounding is coarse; learning rate 0 keeps the weights the initial model's."""
     data = token_dataset(48)
     model = tiny_model("bert", dropout=False, initializer_range=0.2)
     with torch.no_grad():
@@ -117,12 +117,16 @@ def test_a_bf16_model_caches_the_margins_of_its_layer_computed_in_fp32(output_di
               if source == "cached selection" else dict(prune_score="margin", prune_ratio=0.5, max_steps=12))
     trainer = MMRTrainer(model=model, train_dataset=data, args=make_args(
         output_dir, mmr_alpha=0.0, learning_rate=0.0, **method))
+    seen, features = {}, []  # row -> (phi, logits) of its training forward
+    model.classifier.register_forward_hook(lambda module, args, output: features.append(args[0].detach()))
+    model.register_forward_hook(lambda module, args, kwargs, output: seen.update(
+        {row_key(r): (phi, s) for r, phi, s in zip(kwargs["input_ids"], features.pop(), output.logits.detach())})
+        if module.training else features.clear(), with_kwargs=True)
     trainer.train()
-    batch = {"input_ids": torch.tensor(data["input_ids"]), "attention_mask": torch.tensor(data["attention_mask"])}
+    keys = [row_key(r) for r in data["input_ids"]]
     weight, bias = initial.classifier.weight.detach().double(), initial.classifier.bias.detach().double()
-    with torch.no_grad():
-        exact = independent_features(initial, batch).double() @ weight.T + bias
-        rounded = initial(**batch).logits.double()
+    exact = torch.stack([seen[key][0] for key in keys]).double() @ weight.T + bias
+    rounded = torch.stack([seen[key][1] for key in keys]).double()
     if source == "cached selection":
         expected, of_rounded = (torch.from_numpy(brute_force_mms(s, weight)) for s in (exact, rounded))
     else:  # (s[y] - s[m]) / ||W[y] - W[m]||, m the highest-scoring wrong class

@@ -139,7 +139,8 @@ def test_the_int8_scorer_is_refreshed_every_refresh_steps_and_logs_its_agreement
         scorer.load_state_dict(record["weights"])  # in place: what the int8 copy shares with the model is live
         live.load_state_dict(record["weights"])
         inputs = {k: v for k, v in record["candidates"].items() if k != "labels"}
-        with torch.no_grad():  # in the trainer's scoring chunks of b rows: int8 activations are scaled per chunk
+        with torch.no_grad():  # in the trainer's scoring chunks of b rows (all rows one length, so no reordering):
+            # int8 activations are scaled per chunk
             logits = torch.cat([int8(**{k: v[i:i + 4] for k, v in inputs.items()}).logits for i in range(0, 16, 4)])
         stale = minimal_margin_scores(logits, stale_weight)
         keys = [row_key(r) for r in inputs["input_ids"]]

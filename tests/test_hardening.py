@@ -97,6 +97,11 @@ def test_resuming_from_a_model_only_checkpoint_is_refused_with_the_reason(source
                                          r"weights but not the optimizer, scheduler, random-number and sampler states"):
         resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     assert not list(tmp_path.glob("b/checkpoint-*"))  # refused before any step
+    settings = tmp_path / "a" / "checkpoint-2" / "mmr_settings.json"  # as written before the key existed
+    settings.write_text(json.dumps({k: v for k, v in json.load(open(settings)).items() if k != "save_only_model"}))
+    with pytest.raises(ValueError, match=r"was saved with save_only_model=True"):
+        cached_run(str(tmp_path / "c"), selection_source=source, max_steps=4).train(
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
 
 
 def test_resuming_with_the_saved_settings_is_accepted(tmp_path):

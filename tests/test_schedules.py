@@ -12,7 +12,6 @@ def test_constant():
 
 @pytest.mark.parametrize("total", [2, 7, 156_000])
 def test_linear_hits_both_endpoints_exactly_and_is_linear_between(total):
-    values = [alpha_at("linear", s, total, 1e-5, 1e-3) for s in range(0, total, max(1, total // 50))]
     assert alpha_at("linear", 0, total, 1e-5, 1e-3) == 1e-5
     assert alpha_at("linear", total - 1, total, 1e-5, 1e-3) == 1e-3
     assert alpha_at("linear", total + 5, total, 1e-5, 1e-3) == 1e-3
@@ -48,6 +47,9 @@ def test_a_new_schedule_is_one_registered_function_the_settings_and_the_trainer_
                 output_dir, mmr_alpha=1e-3, mmr_alpha_schedule=schedule, max_steps=4, **end))
             trainer.train()
             assert [h["mmr/alpha"] for h in trainer.state.log_history if "loss" in h] == pytest.approx(expected, rel=1e-12)
+        register_alpha_schedule("step_to_end", uses_end=False)(step_to_end)  # replaced: mmr_alpha_end now refused
+        with pytest.raises(ValueError, match=r"mmr_alpha_end set the end of the alpha schedule"):
+            make_args(output_dir, mmr_alpha_end=1e-2, mmr_alpha_schedule="step_to_end")
     finally:
         for name in ("step_to_end", "doubling"):
             ALPHA_SCHEDULES.pop(name)

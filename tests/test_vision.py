@@ -289,6 +289,10 @@ def test_a_regime_refuses_the_schedule_and_optimizer_flags_it_would_ignore(flag,
     for spelling in (flag, flag.replace("_", "-")):  # HfArgumentParser takes both
         with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
             run_image.parse_args(["--regime", "resnet44-cifar10-early", spelling, value, "--output_dir", "unused"])
+    abbreviated = flag[:-2]  # a prefix argparse would expand, past the pre-parser's refusal: not a flag here
+    with pytest.raises(SystemExit, match=rf"unknown command-line arguments \['{abbreviated}', '{value}'\]"):
+        run_image.parse_args(["--dataset", "digits", "--regime", "resnet44-cifar10-early", abbreviated, value,
+                              "--output_dir", "unused"])
 
 
 def test_an_image_folder_whose_splits_have_other_classes_is_refused(tmp_path):
