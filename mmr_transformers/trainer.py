@@ -624,7 +624,7 @@ class MMRTrainer(Trainer):
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         with open(os.path.join(folder, self.SETTINGS_FILE), "w") as f:
-            json.dump({**self._data_order_settings(), "save_only_model": self.args.save_only_model}, f, indent=1)
+            json.dump(self._data_order_settings(), f, indent=1)
         if self._sampler is not None and not self.args.save_only_model:
             torch.save(self._sampler.state_dict(), os.path.join(folder, self.SAMPLER_STATE))
 
@@ -635,9 +635,7 @@ class MMRTrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None or not self._uses_margins:
             return
-        saved = self._saved_settings(checkpoint)
-        model_only = not glob.glob(os.path.join(checkpoint, "rng_state*.pth"))  # (also checkpoints older than the key)
-        if saved.get("save_only_model") or model_only:
+        if not glob.glob(os.path.join(checkpoint, "rng_state*.pth")):  # every process saves one, unless model-only
             raise ValueError(
                 f"{checkpoint} was saved with save_only_model=True: it holds the model's weights but not the optimizer, "
                 "scheduler, random-number and sampler states that a resumed run continues from, so training would go on "
@@ -650,7 +648,7 @@ class MMRTrainer(Trainer):
                 f"{checkpoint} has no {self.SAMPLER_STATE}: it was not saved by a run with "
                 "selection_source='cached' or prune_score, so the cached scores cannot be restored."
             )
-        self._check_resumed_settings(checkpoint, saved)
+        self._check_resumed_settings(checkpoint)
         if self._sampler is None:
             return
         try:
@@ -663,15 +661,12 @@ class MMRTrainer(Trainer):
             ) from error
         self._sampler.load_state_dict(state)
 
-    def _saved_settings(self, checkpoint: str) -> dict[str, Any]:
-        """The checkpoint's data-order settings and ``save_only_model``; empty for a run without MMR or selection."""
+    def _check_resumed_settings(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, self.SETTINGS_FILE)
         if not os.path.isfile(path):
-            return {}
+            return  # a checkpoint of a run without MMR or selection: nothing of ours to continue
         with open(path) as f:
-            return json.load(f)
-
-    def _check_resumed_settings(self, checkpoint: str, saved: dict[str, Any]) -> None:
+            saved = json.load(f)
         now = self._data_order_settings()
         changed = [name for name in now if name in saved and saved[name] != now[name]]
         if changed:
