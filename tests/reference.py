@@ -4,6 +4,8 @@ closed forms written from the thesis' definitions, and phi computed from each en
 import numpy as np
 import torch
 
+from builders import SGD_STEP
+
 
 def distance_to_boundary(phi, w_i, w_j, b_i, b_j):
     """Euclidean distance from ``phi`` to {x : s_i(x) = s_j(x)}, found as the closest point of the hyperplane
@@ -84,10 +86,10 @@ def autograd_mmr_loss(phi, weight, bias, labels, alpha):
 
 
 def sgd_step_of(model, loss):
-    """``-lr·grad`` of ``loss`` for each trainable parameter of ``model`` that it reaches (lr 0.1, as SGD_STEP)."""
+    """``-lr·grad`` of ``loss`` for each trainable parameter of ``model`` that it reaches (SGD_STEP's lr)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, retain_graph=True)
-    return {n: -0.1 * g for (n, _), g in zip(named, grads) if g is not None}
+    return {n: -SGD_STEP["learning_rate"] * g for (n, _), g in zip(named, grads) if g is not None}
 
 
 def assert_moved_by(trained, initial, steps):
@@ -97,6 +99,14 @@ def assert_moved_by(trained, initial, steps):
     assert set(steps) == {n for n, change in moved.items() if change.abs().max() > 0}
     for name, step in steps.items():  # atol per tensor: sums in another order differ by rounding of its largest terms
         torch.testing.assert_close(moved[name], step, rtol=1e-3, atol=1e-7 + 1e-4 * step.abs().max().item(), msg=name)
+
+
+def assert_penalty_moves(steps, steps_without_penalty, names):
+    """R's share of the step of each parameter in ``names`` is far above the tolerance of :func:`assert_moved_by`,
+    so a step that left R out (or cut its gradient path) fails there."""
+    for name in names:
+        share = (steps[name] - steps_without_penalty[name]).abs().max()
+        assert share > 100 * (1e-3 * steps[name].abs().max() + 1e-7), name
 
 
 def independent_features(model, batch):
