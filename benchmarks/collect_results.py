@@ -40,7 +40,7 @@ from common import time_to_target
 
 def load_runs(paths: list[str]) -> list[dict]:
     """The runs of ``paths``; the same run (task, arm, name) found twice, e.g. a study's CPU and GPU folders
-    passed together, is refused rather than counted twice."""
+    passed together, is refused rather than counted twice, and so is a seed whose arms ran on two machines."""
     runs, sources = [], {}
     for path in paths:
         files = sorted(glob.glob(os.path.join(path, "*.json"))) if os.path.isdir(path) else [path]
@@ -61,10 +61,38 @@ def load_runs(paths: list[str]) -> list[dict]:
             key = (run["task"], run["arm"], run["run"])
             if key in sources:
                 raise SystemExit(f"run {run['run']!r} ({run['task']}, arm {run['arm']!r}) is in both {sources[key]} and "
-                                 f"{source}: pass one of them (runs of a study on two machines are not mixed)")
+                                 f"{source}: pass one of them (each seed's runs from one machine)")
             sources[key] = source
             runs.append(run)
+    refuse_seeds_from_two_machines(runs)
     return runs
+
+
+def machine(run: dict) -> str:
+    """The device the run's record names (``benchmarks/study.py`` records it; older records and run folders do not)."""
+    return run.get("device") or "an unrecorded machine"
+
+
+def machines_by_seed(runs: list[dict], task: str) -> dict[int | None, set[str]]:
+    seeds = defaultdict(set)
+    for run in runs:
+        if run["task"] == task:
+            seeds[seed_in_name(run)].add(machine(run))
+    return seeds
+
+
+def refuse_seeds_from_two_machines(runs: list[dict]) -> None:
+    """A study may continue on another machine seed by seed (the same run differs across machines by about a seed's
+    noise), but one seed's arms must share a machine: a pair across machines would compare the machines as well."""
+    for task in sorted({r["task"] for r in runs}):
+        for seed, machines in machines_by_seed(runs, task).items():
+            if seed is not None and len(machines) > 1:
+                arms = {m: sorted(r["arm"] for r in runs if r["task"] == task and seed_in_name(r) == seed
+                                  and machine(r) == m) for m in sorted(machines)}
+                raise SystemExit(f"seed {seed} of {task} ran on several machines ("
+                                 + "; ".join(f"{m}: {', '.join(a)}" for m, a in arms.items())
+                                 + "): pass one machine's runs of each seed (e.g. its files by name), so every "
+                                 "pair shares a machine")
 
 
 def metric_names(task_name: str) -> list[str]:
@@ -108,6 +136,13 @@ def table(runs: list[dict]) -> str:
         if len(seed_sets) > 1:
             lines.append("\nThe arms ran on different seeds, so their means differ by the seeds as well: compare "
                          "them seed by seed (`--paired-against`).")
+        where = defaultdict(list)
+        for seed, machines in sorted(machines_by_seed(runs, task).items(), key=lambda item: (item[0] is None, item[0] or 0)):
+            for m in machines:
+                where[m].append("unseeded" if seed is None else str(seed))
+        if len(where) > 1:
+            lines.append("\nRuns from several machines, each seed's arms on one: " + "; ".join(
+                f"seed{'s' * (len(seeds) > 1)} {', '.join(seeds)} on {m}" for m, seeds in sorted(where.items())) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +207,8 @@ def sign_flip_p(differences: list[float]) -> float:
 def paired_differences(runs: list[dict], reference: str) -> str:
     """Per task, arm and metric: the seed-paired difference arm − reference in points (×100): its mean, the t-based
     95% confidence interval of the mean, the seeds where the arm is ahead (ties count as not ahead), and the two-sided
-    p-values of the paired t-test and of :func:`sign_flip_p`. Only seeds both arms have are paired."""
+    p-values of the paired t-test and of :func:`sign_flip_p`. Only seeds both arms have are paired (each seed's runs
+    share a machine: :func:`load_runs` refuses a seed split across machines)."""
     lines = []
     for task in sorted({r["task"] for r in runs}):
         names = metric_names(task)

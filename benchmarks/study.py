@@ -133,6 +133,10 @@ def plan(study: str) -> list[tuple[str, str, str, list[str]]]:
     return runs
 
 
+def seed_flag(script_and_flags: list[str]) -> int:
+    return int(script_and_flags[script_and_flags.index("--seed") + 1])
+
+
 def run_script(study: str, name: str, task: str, arm: str, script: str, flags: list[str], work_dir: str) -> dict:
     """Run ``scripts/<script> <flags>`` in its own process (offline, output in ``work_dir/<study>/<name>``) and
     return its record: the command, wall seconds, final results, evaluation timeline and log history."""
@@ -163,17 +167,20 @@ def main():
     parser.add_argument("--results", default=os.path.join(REPO, "docs", "results"))
     parser.add_argument("--work_dir", default=os.path.join(REPO, "runs", "study"))
     parser.add_argument("--only", nargs="*", help="run only these tasks")
+    parser.add_argument("--seeds", nargs="*", type=int, help="run only these seeds (e.g. a study continued on another "
+                        "machine: every arm of a seed runs on one machine, so its pairs compare the arms alone)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (a GPU has room for several)")
     parser.add_argument("--stop_starting_after", type=float, help="start no run after this many seconds")
     parser.add_argument("--smoke", action="store_true", help="one run per task (the last arm of its first seed), "
                         "capped to 64 samples and 4 steps, into --results/smoke/<study>: a fast check of a machine")
     args = parser.parse_args()
-    runs = [run for run in plan(args.study) if not args.only or run[1] in args.only]
+    runs = [run for run in plan(args.study) if (not args.only or run[1] in args.only)
+            and (args.seeds is None or seed_flag(run[3]) in args.seeds)]
     results = os.path.join(args.results, args.study)
     if args.smoke:  # per task, the last arm of its first seed (MMR on where the study has it), capped
         first_seed, smoke = {}, {}
         for name, task, arm, script_and_flags in runs:
-            seed = script_and_flags[script_and_flags.index("--seed") + 1]
+            seed = seed_flag(script_and_flags)
             if first_seed.setdefault(task, seed) == seed:
                 smoke[task] = (name, task, arm, [*script_and_flags, "--max_train_samples", "64",
                                                  "--max_eval_samples", "64", "--max_steps", "4"])

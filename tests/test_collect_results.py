@@ -136,3 +136,31 @@ def test_the_same_run_in_two_folders_is_refused_and_a_run_image_folder_is_read(t
     json.dump({"image": {"dataset": "cifar10"}, "num_classes": 10}, open(folder / "run_config.json", "w"))
     (loaded,) = collect_results.load_runs([str(folder)])
     assert loaded["task"] == "cifar10" and loaded["results"] == {"eval_accuracy": 0.5} and loaded["timeline"] == []
+
+
+def test_a_study_continued_on_another_machine_pairs_within_each_seeds_machine(tmp_path):
+    def run(arm, seed, accuracy, device):
+        return {"run": f"banking77-{arm}-seed{seed}", "task": "banking77", "arm": arm, "device": device,
+                "results": {"eval_accuracy": accuracy}, "timeline": []}
+
+    gpu = [run("alpha0", 0, 0.80, "NVIDIA H200"), run("ramp", 0, 0.81, "NVIDIA H200"),
+           run("alpha0", 1, 0.70, "NVIDIA H200"), run("ramp", 1, 0.73, "NVIDIA H200")]
+    cpu = [run("alpha0", 2, 0.60, "cpu"), run("ramp", 2, 0.62, "cpu")]
+    for folder, runs in (("gpu", gpu), ("cpu", cpu)):
+        os.makedirs(tmp_path / folder)
+        for r in runs:
+            json.dump(r, open(tmp_path / folder / f"{r['run']}.json", "w"))
+    runs = collect_results.load_runs([str(tmp_path / "gpu"), str(tmp_path / "cpu")])
+    text = collect_results.table(runs) + collect_results.paired_differences(runs, "alpha0")
+    assert "Runs from several machines, each seed's arms on one: seeds 0, 1 on NVIDIA H200; seed 2 on cpu." in text
+    assert "| ramp | accuracy | 3 | +2.00 |" in text  # differences 1, 3 and 2 points
+    # seed 2's reference from the GPU, its other arm from the CPU: refused by name, nothing paired across machines
+    json.dump(run("alpha0", 2, 0.61, "NVIDIA H200"), open(tmp_path / "gpu" / "banking77-alpha0-seed2.json", "w"))
+    os.remove(tmp_path / "cpu" / "banking77-alpha0-seed2.json")
+    import pytest
+
+    with pytest.raises(SystemExit, match=r"seed 2 of banking77 ran on several machines \(NVIDIA H200: alpha0; cpu: "
+                                         r"ramp\): pass one machine's runs of each seed"):
+        collect_results.load_runs([str(tmp_path / "gpu"), str(tmp_path / "cpu")])
+    single = collect_results.table(collect_results.load_runs([str(tmp_path / "gpu")]))
+    assert "several machines" not in single
