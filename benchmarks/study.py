@@ -14,6 +14,10 @@ record names the device); ``--jobs`` runs several at a time there (never for tim
     python benchmarks/study.py cifar-selection
     python benchmarks/study.py cifar-mmr
     python benchmarks/study.py mmr-full --results docs/results/gpu --jobs 6 --stop_starting_after 420   # on a GPU
+    python benchmarks/study.py mmr-banking77 --seeds 4   # a seed the GPU did not finish, every arm of it here
+
+A study's seeds may come from different machines (``collect_results.py`` pairs within each seed, and refuses a seed
+whose arms ran on two machines).
 """
 
 from __future__ import annotations
