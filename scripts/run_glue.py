@@ -23,9 +23,9 @@ from transformers import DataCollatorWithPadding, HfArgumentParser, set_seed
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
 from mmr_transformers.recipes.callbacks import EvalTimeline
-from mmr_transformers.recipes.runner import parse_layered, train_and_evaluate
+from mmr_transformers.recipes.runner import check_sample_caps, parse_layered, train_and_evaluate
 from mmr_transformers.recipes.glue import ALIASES, SPLIT_FILES, TASKS, get_task, glue_metrics, load_glue
-from mmr_transformers.recipes.text import (TextModelArguments, check_sample_caps, load_sequence_classifier, subset,
+from mmr_transformers.recipes.text import (TextModelArguments, load_sequence_classifier, subset,
                                            tokenize_splits)
 
 logger = logging.getLogger(__name__)

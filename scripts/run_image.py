@@ -9,9 +9,10 @@
         --model mobilenet_v2 --regime mobilenet-imagenet
 
 Settings are layered: ``MMRTrainingArguments`` defaults < the regime (learning rate, batch size, weight
-decay, steps, MMR alpha recipe) < the command line. A regime also fixes the optimizer: SGD with momentum
-and its step drops (see ``mmr_transformers/regimes.py``), so flags that would set another schedule or optimizer
-are refused with it. Its batch is the global batch: each of N processes takes batch / N.
+decay, steps, no gradient clipping, MMR alpha recipe) < the command line. A regime also fixes the optimizer: SGD
+with momentum and its step drops (see ``mmr_transformers/recipes/regimes.py``), so flags that would set another
+schedule or optimizer are refused with it. Its batch is the global batch of an optimizer step: each of N processes
+accumulating A micro-batches takes batch / (N·A) per micro-batch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transformers import HfArgumentParser, set_seed
 
 from mmr_transformers import MMRTrainer, MMRTrainingArguments
 from mmr_transformers.recipes.callbacks import EvalTimeline
-from mmr_transformers.recipes.runner import accuracy, parse_layered, train_and_evaluate
+from mmr_transformers.recipes.runner import accuracy, check_sample_caps, parse_layered, train_and_evaluate
 from mmr_transformers.recipes.image_data import DATASETS, load_image_datasets
 from mmr_transformers.recipes.regimes import REGIMES, get_regime
 from mmr_transformers.recipes.vision import build_model, fix_orthogonal_classifier
@@ -41,7 +42,8 @@ class ImageArguments:
                                                              "torchvision model name (e.g. mobilenet_v2)."})
     regime: str | None = field(default=None, metadata={"help": "Training regime of the thesis.",
                                                        "choices": sorted(REGIMES)})
-    regime_scale: float = field(default=1.0, metadata={"help": "Multiply every step count of the regime (a short run)."})
+    regime_scale: float = field(default=1.0, metadata={"help": "Multiply every step count of the regime (a short run); "
+                                                                 "above 0, and only with --regime."})
     image_size: int = field(default=32, metadata={"help": "Input size: 32 for CIFAR, 224 for ImageNet."})
     cutout: int = field(default=0, metadata={"help": "Cutout square side in pixels (16 in the thesis' CIFAR runs); 0 = off."})
     autoaugment: bool = field(default=False, metadata={"help": "AutoAugment (CIFAR-10 policy at 32 px, ImageNet above)."})
@@ -53,7 +55,8 @@ class ImageArguments:
 
 
 # what a regime decides itself, so the command line may not set it
-REGIME_SCHEDULE_FLAGS = ("--lr_scheduler_type", "--lr_scheduler_kwargs", "--warmup_steps", "--warmup_ratio", "--optim")
+REGIME_SCHEDULE_FLAGS = ("--lr_scheduler_type", "--lr_scheduler_kwargs", "--warmup_steps", "--warmup_ratio", "--optim",
+                         "--optim_args", "--adam_beta1", "--adam_beta2", "--adam_epsilon")
 
 
 def launched_processes() -> int:
@@ -62,30 +65,40 @@ def launched_processes() -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTrainingArguments]:
-    """Defaults < regime < command line. A regime's batch is the global batch (shared by the processes), and
-    ``--mmr_alpha`` without ``--mmr_alpha_end`` replaces its alpha ramp with that constant (0: MMR off)."""
+    """Defaults < regime < command line. A regime's batch is the global batch of an optimizer step (shared by the
+    processes and the accumulated micro-batches), and ``--mmr_alpha`` without ``--mmr_alpha_end`` replaces its alpha
+    ramp with that constant (0: MMR off)."""
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--regime")
-    pre.add_argument("--regime_scale", "--regime-scale", type=float, default=1.0)
+    pre.add_argument("--regime_scale", "--regime-scale", type=float)
+    pre.add_argument("--gradient_accumulation_steps", "--gradient-accumulation-steps", type=int, default=1)
     for flag in ("--mmr_alpha", "--mmr_alpha_end", *REGIME_SCHEDULE_FLAGS):
         pre.add_argument(flag, flag.replace("_", "-"))  # HfArgumentParser takes both spellings
     known, _ = pre.parse_known_args(argv)
     layers = [("defaults", {"output_dir": os.path.join("runs", "image"), "remove_unused_columns": False})]
+    if known.regime_scale is not None and not known.regime:
+        raise SystemExit(f"--regime_scale {known.regime_scale} without --regime: it scales a regime's steps, so it "
+                         "would be ignored. Add --regime, or set --max_steps yourself.")
     if known.regime:
-        regime = get_regime(known.regime, known.regime_scale)
+        try:
+            regime = get_regime(known.regime, 1.0 if known.regime_scale is None else known.regime_scale)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         given = [flag for flag in REGIME_SCHEDULE_FLAGS if getattr(known, flag[2:]) is not None]
         if given:
             raise SystemExit(f"{', '.join(given)}: a regime brings its own optimizer and learning-rate drops "
                              f"({regime.name}: SGD, ×{regime.factor:g} at steps {list(regime.milestones)}), so these "
                              "would be ignored. Drop them, or drop --regime and set the schedule yourself.")
-        processes = launched_processes()
-        if regime.batch_size % processes:
+        shares = launched_processes() * known.gradient_accumulation_steps  # micro-batches of one optimizer step
+        if regime.batch_size % shares:
             raise SystemExit(f"regime {regime.name} counts its steps in batches of {regime.batch_size}, which "
-                             f"{processes} processes cannot share evenly; launch a divisor of {regime.batch_size} "
-                             "processes, or set --per_device_train_batch_size yourself (the epochs then differ).")
+                             f"{launched_processes()} process(es) × {known.gradient_accumulation_steps} accumulated "
+                             f"micro-batches cannot share evenly; make their product a divisor of {regime.batch_size}, "
+                             "or set --per_device_train_batch_size yourself (the epochs then differ).")
         settings = {"learning_rate": regime.learning_rate, "weight_decay": regime.weight_decay,
-                    "max_steps": regime.total_steps, "per_device_train_batch_size": regime.batch_size // processes}
+                    "max_grad_norm": regime.max_grad_norm, "max_steps": regime.total_steps,
+                    "per_device_train_batch_size": regime.batch_size // shares}
         if known.mmr_alpha is None or known.mmr_alpha_end is not None:  # a lone --mmr_alpha replaces the ramp
             settings |= {"mmr_alpha": regime.mmr_alpha, "mmr_alpha_end": regime.mmr_alpha_end,
                          "mmr_alpha_schedule": "linear" if regime.mmr_alpha_end else "constant"}
@@ -96,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTraini
 
 def main(argv: list[str] | None = None) -> dict:
     image_args, training_args = parse_args(argv)
+    check_sample_caps(image_args)
     set_seed(training_args.seed)
     train, evaluation, num_classes = load_image_datasets(
         image_args.dataset, image_args.data_dir, image_args.download, image_args.image_size,

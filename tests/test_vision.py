@@ -280,11 +280,12 @@ def test_a_regime_shares_its_batch_between_processes_and_a_lone_alpha_replaces_i
     image, args = run_image.parse_args(regime)
     assert args.per_device_train_batch_size == 16 and args.max_steps == 44_000
     monkeypatch.setattr(run_image, "launched_processes", lambda: 3)
-    with pytest.raises(SystemExit, match="counts its steps in batches of 64, which 3 processes cannot share evenly"):
+    with pytest.raises(SystemExit, match=r"counts its steps in batches of 64, which 3 process\(es\) × 1 accumulated micro-batches cannot share evenly"):
         run_image.parse_args(regime)
 
 
-@pytest.mark.parametrize("flag, value", [("--lr_scheduler_type", "cosine"), ("--warmup_steps", "10"), ("--optim", "adamw_torch")])
+@pytest.mark.parametrize("flag, value", [("--lr_scheduler_type", "cosine"), ("--warmup_steps", "10"), ("--optim", "adamw_torch"),
+                                         ("--adam_beta1", "0.8"), ("--adam_epsilon", "1e-6"), ("--optim_args", "a=1")])
 def test_a_regime_refuses_the_schedule_and_optimizer_flags_it_would_ignore(flag, value):
     for spelling in (flag, flag.replace("_", "-")):  # HfArgumentParser takes both
         with pytest.raises(SystemExit, match=f"{flag}: a regime brings its own optimizer and learning-rate drops"):
@@ -293,6 +294,32 @@ def test_a_regime_refuses_the_schedule_and_optimizer_flags_it_would_ignore(flag,
     with pytest.raises(SystemExit, match=rf"unknown command-line arguments \['{abbreviated}', '{value}'\]"):
         run_image.parse_args(["--dataset", "digits", "--regime", "resnet44-cifar10-early", abbreviated, value,
                               "--output_dir", "unused"])
+
+
+def test_a_regime_clips_no_gradients_and_counts_accumulated_micro_batches_in_its_batch():
+    regime = ["--dataset", "digits", "--regime", "resnet44-cifar10-early", "--output_dir", "unused", "--use_cpu"]
+    _, args = run_image.parse_args(regime)
+    assert args.max_grad_norm == 0.0  # Trainer's default, 1.0, would clip the regime's SGD steps
+    _, args = run_image.parse_args([*regime, "--max_grad_norm", "1.0"])
+    assert args.max_grad_norm == 1.0  # the command line still wins
+    for spelling in ("--gradient_accumulation_steps", "--gradient-accumulation-steps"):
+        _, args = run_image.parse_args([*regime, spelling, "4"])
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 4)  # 16 · 4 = the 64
+    with pytest.raises(SystemExit, match=r"1 process\(es\) × 3 accumulated micro-batches cannot share evenly"):
+        run_image.parse_args([*regime, "--gradient_accumulation_steps", "3"])
+
+
+def test_a_regime_scale_without_a_regime_or_at_most_0_and_sample_caps_below_1_are_refused():
+    with pytest.raises(SystemExit, match=r"--regime_scale 0.5 without --regime: it scales a regime's steps"):
+        run_image.parse_args(["--dataset", "digits", "--regime-scale", "0.5", "--output_dir", "unused"])
+    for scale in ("0", "-0.2"):
+        with pytest.raises(SystemExit, match=rf"regime_scale {float(scale)}: a regime's steps are multiplied by it"):
+            run_image.parse_args(["--dataset", "digits", "--regime", "resnet44-cifar10-early", "--regime_scale", scale,
+                                  "--output_dir", "unused"])
+    for flag, what in (("--max_train_samples", "train on"), ("--max_eval_samples", "evaluate on")):
+        with pytest.raises(SystemExit, match=rf"{flag} -1: there would be no rows to {what}"):
+            run_image.main(["--dataset", "digits", "--model", "resnet20", flag, "-1", "--output_dir", "unused",
+                            "--use_cpu", "--report_to", "none"])
 
 
 def test_an_image_folder_whose_splits_have_other_classes_is_refused(tmp_path):

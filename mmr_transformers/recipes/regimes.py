@@ -1,7 +1,8 @@
 """The training regimes of the thesis' image experiments (thesis §6, the authors' public code), by name.
 
 Every number of a regime is here and nowhere else: SGD with momentum, weight decay, batch size, the
-learning rate and the optimizer steps at which it drops, the number of steps, and the MMR alpha recipe.
+learning rate and the optimizer steps at which it drops, the number of steps, gradient clipping (none) and the MMR
+alpha recipe.
 A CIFAR epoch of batch 64 is 781 steps (50,000 // 64), so epochs 32/35/38 are steps 24992/27335/29678.
 """
 
@@ -26,6 +27,7 @@ class Regime:
     batch_size: int
     weight_decay: float
     momentum: float = 0.9
+    max_grad_norm: float = 0.0  # no clipping: the regimes name none (Trainer's default would clip at 1.0)
     decay_conv_weights_only: bool = False
     mmr_alpha: float = 1e-5
     mmr_alpha_end: float | None = None  # a linear ramp from mmr_alpha when set
@@ -36,6 +38,9 @@ class Regime:
 
     def scaled(self, scale: float) -> Regime:
         """The same regime with every step count multiplied by ``scale`` (to shorten it for a small run)."""
+        if not scale > 0:
+            raise ValueError(f"regime_scale {scale}: a regime's steps are multiplied by it, so it must be above 0 "
+                             "(e.g. 0.2 for a fifth of the regime).")
         if scale == 1:
             return self
         return replace(self, name=f"{self.name}@{scale:g}", milestones=tuple(max(1, round(m * scale)) for m in self.milestones),

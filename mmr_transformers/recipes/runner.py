@@ -22,6 +22,16 @@ def accuracy(eval_prediction) -> dict[str, float]:
     return {"accuracy": float(np.mean(predictions == eval_prediction.label_ids))}
 
 
+def check_sample_caps(args: Any) -> None:
+    """A script's --max_train_samples/--max_eval_samples below 1 would train or evaluate on nothing (or, as a
+    negative slice, on all rows but a few)."""
+    for flag, value, what in [("--max_train_samples", args.max_train_samples, "train on"),
+                              ("--max_eval_samples", args.max_eval_samples, "evaluate on")]:
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} {value}: there would be no rows to {what}. Give at least 1, or leave the flag "
+                             f"out to use the whole split.")
+
+
 def parse_layered(parser: HfArgumentParser, layers: list[tuple[str, dict[str, Any]]], argv: list[str]):
     """Parse ``argv`` with each ``(source, settings)`` layer, in order, as defaults under the command line:
     defaults < layer 1 < layer 2 < ... < command line. Unknown keys and unknown command-line arguments fail

@@ -33,15 +33,6 @@ class TextModelArguments:
     )
 
 
-def check_sample_caps(args: TextModelArguments) -> None:
-    """--max_train_samples/--max_eval_samples below 1 would train or evaluate on nothing."""
-    for flag, value, what in [("--max_train_samples", args.max_train_samples, "train on"),
-                              ("--max_eval_samples", args.max_eval_samples, "evaluate on")]:
-        if value is not None and value < 1:
-            raise SystemExit(f"{flag} {value}: there would be no rows to {what}. Give at least 1, or leave the flag "
-                             f"out to use the whole split.")
-
-
 def subset(dataset: datasets.Dataset, size: int | None) -> datasets.Dataset:
     """A seeded random subset of ``size`` rows (the same for every run), or the whole set."""
     if size is None or size >= len(dataset):
