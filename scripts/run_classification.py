@@ -7,7 +7,8 @@ MMS selection: the counterpart of Transformers' ``run_classification.py`` exampl
         --model_name_or_path ./model --mmr_alpha 1e-4 --eval_strategy epoch --margin_diagnostics --use_cpu
 
 Labels may be strings or integers; the classes are the training file's labels, sorted, and a validation label the
-training file lacks is refused. Metrics: accuracy and macro F1. The resolved settings are saved as
+training file lacks is refused. Cells are read as written ("None" or "NA" is a label or a text, not a missing value);
+rows without a label or a text are refused. Metrics: accuracy and macro F1. The resolved settings are saved as
 ``run_config.json`` beside ``all_results.json``.
 """
 
@@ -56,8 +57,11 @@ def read_files(args: DataArguments) -> datasets.DatasetDict:
         raise SystemExit(f"--train_file and --validation_file must share one format of {sorted(FORMATS)}; got "
                          f"{sorted(extensions)}.")
     extension = extensions.pop()
-    # a TSV's fields are not quoted (GLUE's are not): a text that starts with '"' must not swallow the next rows
-    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if extension == ".tsv" else {}
+    # a TSV's fields are not quoted (GLUE's are not): a text that starts with '"' must not swallow the next rows;
+    # cells are read as written: pandas would make "None", "NA" or "null" (an intent, a text) a missing value
+    options = {"keep_default_na": False} if FORMATS[extension] == "csv" else {}
+    if extension == ".tsv":
+        options |= {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     raw = datasets.DatasetDict({split: datasets.load_dataset(FORMATS[extension], data_files=path, split="train", **options)
                                 for split, path in files.items()})  # one by one: the columns may differ
     wanted = [*text_columns(args), args.label_column_name]
@@ -66,7 +70,16 @@ def read_files(args: DataArguments) -> datasets.DatasetDict:
         if missing:
             raise SystemExit(f"{files[split]}: no column {missing}; its columns are {dataset.column_names}. Name the "
                              f"text with --text_column_names and the label with --label_column_name.")
+        for column in text_columns(args):
+            empty = [i for i, value in enumerate(dataset[column]) if not isinstance(value, str) or not value.strip()]
+            if empty:
+                raise SystemExit(f"{files[split]}: {len(empty)} rows have no text in {column!r} (the first: "
+                                 f"{data_row(empty[0])}). Every row needs its text; remove or fill those rows.")
     return raw
+
+
+def data_row(index: int) -> str:
+    return f"data row {index + 1}, counting from 1 after any header"
 
 
 def text_columns(args: DataArguments) -> list[str]:
@@ -78,23 +91,29 @@ def text_columns(args: DataArguments) -> list[str]:
 
 
 def encode_labels(raw: datasets.DatasetDict, column: str, files: dict[str, str]) -> tuple[datasets.DatasetDict, list]:
-    """``label`` = the index of each row's label among the training file's sorted labels; the label names. Rows
-    without a label, and validation labels that never occur in training, are refused."""
-    for split, dataset in raw.items():
-        empty = [i for i, value in enumerate(dataset[column]) if value is None or value == ""]
+    """``label`` = the index of each row's label among the training file's sorted labels; the label names. Labels
+    are integers where every label of both files is one, else strings (a file's reader may type the column either
+    way: 1 and "1" are one class). Rows without a label, and validation labels that never occur in training, are
+    refused."""
+    values = {split: dataset[column] for split, dataset in raw.items()}
+    for split, labels in values.items():
+        empty = [i for i, value in enumerate(labels) if value is None or str(value).strip() == ""]
         if empty:
-            raise SystemExit(f"{files[split]}: {len(empty)} rows have no {column!r} (the first: data row {empty[0]}). "
+            raise SystemExit(f"{files[split]}: {len(empty)} rows have no {column!r} (the first: {data_row(empty[0])}). "
                              f"Every row needs a label; remove or label those rows.")
-    names = sorted(set(raw["train"][column]))
+    integers = all(isinstance(v, int) and not isinstance(v, bool) for labels in values.values() for v in labels)
+    values = values if integers else {split: [str(v) for v in labels] for split, labels in values.items()}
+    names = sorted(set(values["train"]))
     if len(names) < 2:
         raise SystemExit(f"{files['train']}: one class only ({names}); a classifier needs at least two.")
-    unseen = sorted(set(raw["validation"][column]) - set(names), key=str)
+    unseen = sorted(set(values["validation"]) - set(names), key=str)
     if unseen:
         raise SystemExit(f"{files['validation']}: labels {unseen[:5]}{' ...' if len(unseen) > 5 else ''} never occur "
                          f"in {files['train']}, so the model has no class for them.")
     index = {name: i for i, name in enumerate(names)}
-    encoded = raw.map(lambda batch: {"label": [index[value] for value in batch[column]]}, batched=True,
-                      remove_columns=[column] if column != "label" else [])
+    encoded = datasets.DatasetDict({
+        split: dataset.remove_columns(column).add_column("label", [index[v] for v in values[split]])
+        for split, dataset in raw.items()})
     return encoded, names
 
 
@@ -120,9 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     raw = read_files(data_args)
     raw, names = encode_labels(raw, data_args.label_column_name,
                                {"train": data_args.train_file, "validation": data_args.validation_file})
-    tokenizer, model = load_sequence_classifier(
-        data_args, "use local --train_file/--validation_file", num_labels=len(names),
-        id2label={i: str(name) for i, name in enumerate(names)}, label2id={str(name): i for i, name in enumerate(names)})
+    tokenizer, model = load_sequence_classifier(data_args, "use local --train_file/--validation_file",
+                                                [str(name) for name in names])
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize_splits(raw, tokenizer, columns, data_args)
     train = subset(tokenized["train"], data_args.max_train_samples)

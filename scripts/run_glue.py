@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     raw = load_data(task, glue_args)
+    labels = {"num_labels": 1} if task.is_regression else {"label_names": list(task.labels)}
     tokenizer, model = load_sequence_classifier(glue_args, "use --data_dir with local GLUE files",
-                                                num_labels=task.num_labels, finetuning_task=task.name)
+                                                finetuning_task=task.name, **labels)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize_splits(raw, tokenizer, task.text_columns, glue_args)
     train = subset(tokenized["train"], glue_args.max_train_samples)

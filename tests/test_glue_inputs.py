@@ -219,3 +219,25 @@ def test_offline_with_a_hub_model_id_says_to_use_a_local_model(tmp_path):
                                          r".*Pass a local --model_name_or_path.*HF_HUB_OFFLINE=1") as raised:
         run_glue.main(argv)
     assert "couldn't connect to 'https://huggingface.co'" in str(raised.value)  # the cause is kept
+
+
+def test_hidden_dropout_reaches_each_familys_own_dropout_or_is_refused_where_there_is_none():
+    import transformers
+    from builders import tiny_model
+    from mmr_transformers.recipes.text import set_hidden_dropout
+
+    applied = {  # the modules BERT's hidden_dropout_prob drives, in each family
+        "bert": lambda m: [m.bert.embeddings.dropout, m.bert.encoder.layer[0].output.dropout, m.dropout],
+        "distilbert": lambda m: [m.distilbert.embeddings.dropout, m.distilbert.transformer.layer[0].ffn.dropout],
+        "gpt2": lambda m: [m.transformer.drop, m.transformer.h[0].mlp.dropout, m.transformer.h[0].attn.resid_dropout],
+    }
+    for arch, modules in applied.items():
+        config = tiny_model(arch).config
+        set_hidden_dropout(config, 0.37)
+        model = getattr(transformers, type(tiny_model(arch)).__name__)(config)
+        assert [module.p for module in modules(model)] == [0.37] * len(modules(model)), arch
+    config = tiny_model("llama").config
+    set_hidden_dropout(config, 0.0)  # it has none: 0 is what it does
+    with pytest.raises(SystemExit, match=r"--hidden_dropout_prob 0.1: a LlamaConfig has no hidden dropout to set "
+                                         r"\(its dropout settings: \{'attention_dropout': 0.0\}\)"):
+        set_hidden_dropout(config, 0.1)

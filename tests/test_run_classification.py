@@ -123,7 +123,8 @@ def test_sentence_pairs_from_tsv_with_integer_labels(tmp_path, model_dir):
 @pytest.mark.parametrize("case, message", [
     ("missing column", "no column ['intent']; its columns are ['id', 'text', 'label']"),
     ("unseen label", "labels ['sports'] never occur in"),
-    ("empty label", "1 rows have no 'intent' (the first: data row 3)"),
+    ("empty label", "1 rows have no 'intent' (the first: data row 4, counting from 1 after any header)"),
+    ("empty text", "1 rows have no text in 'text' (the first: data row 2, counting from 1 after any header)"),
     ("formats differ", "must share one format"),
     ("three text columns", "give one column, or two separated by a comma"),
     ("one class", "one class only"),
@@ -138,6 +139,9 @@ def test_bad_files_and_columns_are_refused_before_training_with_the_reason(files
         write_csv(data_dir / "dev.csv", ["id", "text", "intent"], rows + [(99, "the ball", "sports")])
     elif case == "empty label":
         rows[3] = (3, rows[3][1], "")
+        write_csv(data_dir / "dev.csv", ["id", "text", "intent"], rows)
+    elif case == "empty text":
+        rows[1] = (1, " ", rows[1][2])
         write_csv(data_dir / "dev.csv", ["id", "text", "intent"], rows)
     elif case == "formats differ":
         dev = "dev.tsv"
@@ -166,3 +170,27 @@ def test_a_tsv_is_read_unquoted_so_a_stray_quote_keeps_its_row(tmp_path):
         train_file=str(tmp_path / "train.tsv"), validation_file=str(tmp_path / "dev.tsv"), text_column_names="text",
         label_column_name="intent"))
     assert data["train"]["text"] == ['"great movie', "fine", 'bad" one'] and data["validation"]["intent"] == [1, 0, 0]
+
+
+def test_cells_are_read_as_written_and_1_and_the_string_1_are_one_class(tmp_path, model_dir):
+    from mmr_transformers.recipes.text import TextModelArguments, tokenize_splits
+
+    # "None" and "NA" are an intent and a text here, not missing values; train's labels are strings (one is not a
+    # number), dev's read as integers; train has a column dev lacks
+    write_csv(tmp_path / "train.csv", ["text", "intent", "note"],
+              [("NA", "None", "x"), ("my card", "2", "y"), ("the fee", "10", "z"), ("None", "None", "w")])
+    write_csv(tmp_path / "dev.csv", ["text", "intent"], [("the cash", 2), ("a fee", 10)])
+    args = run_classification.DataArguments(train_file=str(tmp_path / "train.csv"),
+                                            validation_file=str(tmp_path / "dev.csv"), label_column_name="intent")
+    raw = run_classification.read_files(args)
+    assert raw["train"]["text"] == ["NA", "my card", "the fee", "None"]
+    encoded, names = run_classification.encode_labels(raw, "intent", {"train": "train.csv", "validation": "dev.csv"})
+    assert names == ["10", "2", "None"]  # strings, sorted as strings, since one label is not a number
+    assert encoded["train"]["label"] == [2, 1, 0, 2] and encoded["validation"]["label"] == [1, 0]
+    tokenized = tokenize_splits(encoded, AutoTokenizer.from_pretrained(model_dir), ["text"], args)
+    assert tokenized["train"].column_names == tokenized["validation"].column_names  # each split drops its own extras
+    assert set(tokenized["train"].column_names) == {"label", "input_ids", "token_type_ids", "attention_mask"}
+    write_csv(tmp_path / "train.csv", ["text", "intent"], [("my card", 2), ("the fee", 10)])
+    encoded, names = run_classification.encode_labels(run_classification.read_files(args), "intent",
+                                                      {"train": "train.csv", "validation": "dev.csv"})
+    assert names == [2, 10] and encoded["validation"]["label"] == [0, 1]  # all integers: numeric order

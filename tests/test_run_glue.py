@@ -346,3 +346,31 @@ def test_metrics_match_scikit_learn_and_scipy_definitions():
 def test_unknown_task_lists_the_choices():
     with pytest.raises(ValueError, match=r"Unknown GLUE task 'imdb'; choose one of \['cola', 'mnli'"):
         get_task("imdb")
+
+
+def test_a_checkpoint_trained_on_the_tasks_classes_in_another_order_keeps_its_predictions(tmp_path, caplog):
+    import logging
+
+    from builders import save_tiny_checkpoint
+    from mmr_transformers.recipes.text import TextModelArguments, load_sequence_classifier
+
+    path = save_tiny_checkpoint(tmp_path, ["a", "b", "c"], num_labels=3)
+    original = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    hub_order = ["CONTRADICTION", "NEUTRAL", "ENTAILMENT"]  # roberta-large-mnli's head
+    original.config.id2label = dict(enumerate(hub_order))
+    original.config.label2id = {name: i for i, name in enumerate(hub_order)}
+    original.save_pretrained(path)
+    inputs = {"input_ids": torch.tensor([[2, 6, 7, 8, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    before = original(**inputs).logits[0]
+    mnli = list(get_task("mnli").labels)
+    with caplog.at_level(logging.INFO):
+        _, model = load_sequence_classifier(TextModelArguments(model_name_or_path=path), "-", mnli)
+    after = model.eval()(**inputs).logits[0]
+    # class i of the task is the checkpoint's row of the same name: entailment was its row 2
+    assert torch.equal(after, before[[2, 1, 0]]) and not torch.equal(after, before)
+    assert model.config.id2label == dict(enumerate(mnli)) and "rows are reordered to" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # other classes: nothing to align, said, and the task's names saved
+        _, model = load_sequence_classifier(TextModelArguments(model_name_or_path=path), "-", ["a", "b", "c"])
+    assert torch.equal(model.eval()(**inputs).logits[0], before) and model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert "was trained for the classes ['CONTRADICTION', 'NEUTRAL', 'ENTAILMENT']; its rows now learn" in caplog.text

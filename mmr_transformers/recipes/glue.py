@@ -37,14 +37,19 @@ class Layout:
 class GlueTask:
     name: str
     text_columns: tuple[str, ...]  # Hub column names
-    num_labels: int  # 1 = regression
+    labels: tuple[str, ...]  # the Hub's class names, class i at i; none for regression
     metrics: tuple[str, ...]
     eval_splits: tuple[str, ...] = ("validation",)
     official: Layout | None = None
 
     @property
+    def num_labels(self) -> int:
+        """Outputs of the model: one per class, one for regression."""
+        return len(self.labels) or 1
+
+    @property
     def is_regression(self) -> bool:
-        return self.num_labels == 1
+        return not self.labels
 
     @property
     def hf_layout(self) -> Layout:
@@ -56,29 +61,29 @@ NLI3 = {"entailment": 0, "neutral": 1, "contradiction": 2}
 NLI2 = {"entailment": 0, "not_entailment": 1}
 
 TASKS = {
-    "cola": GlueTask("cola", ("sentence",), 2, ("matthews_correlation",),
+    "cola": GlueTask("cola", ("sentence",), ("unacceptable", "acceptable"), ("matthews_correlation",),
                      official=Layout({"sentence": "sentence", "label": "label"}, header=False,
                                      names=("source", "label", "original_label", "sentence"))),
-    "sst2": GlueTask("sst2", ("sentence",), 2, ("accuracy",),
+    "sst2": GlueTask("sst2", ("sentence",), ("negative", "positive"), ("accuracy",),
                      official=Layout({"sentence": "sentence", "label": "label"})),
-    "mrpc": GlueTask("mrpc", ("sentence1", "sentence2"), 2, ("f1", "accuracy"),
+    "mrpc": GlueTask("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("f1", "accuracy"),
                      official=Layout({"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"})),
-    "qqp": GlueTask("qqp", ("question1", "question2"), 2, ("f1", "accuracy"),
+    "qqp": GlueTask("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), ("f1", "accuracy"),
                     official=Layout({"question1": "question1", "question2": "question2", "is_duplicate": "label"})),
-    "stsb": GlueTask("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr"),
+    "stsb": GlueTask("stsb", ("sentence1", "sentence2"), (), ("pearson", "spearmanr"),
                      official=Layout({"sentence1": "sentence1", "sentence2": "sentence2", "score": "label"},
                                      markers=("index",))),
-    "mnli": GlueTask("mnli", ("premise", "hypothesis"), 3, ("accuracy",),
+    "mnli": GlueTask("mnli", ("premise", "hypothesis"), tuple(NLI3), ("accuracy",),
                      eval_splits=("validation_matched", "validation_mismatched"),
                      official=Layout({"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"},
                                      label_names=NLI3, markers=("index",))),
-    "qnli": GlueTask("qnli", ("question", "sentence"), 2, ("accuracy",),
+    "qnli": GlueTask("qnli", ("question", "sentence"), tuple(NLI2), ("accuracy",),
                      official=Layout({"question": "question", "sentence": "sentence", "label": "label"}, label_names=NLI2,
                                      markers=("index",))),
-    "rte": GlueTask("rte", ("sentence1", "sentence2"), 2, ("accuracy",),
+    "rte": GlueTask("rte", ("sentence1", "sentence2"), tuple(NLI2), ("accuracy",),
                     official=Layout({"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}, label_names=NLI2,
                                     markers=("index",))),
-    "wnli": GlueTask("wnli", ("sentence1", "sentence2"), 2, ("accuracy",),
+    "wnli": GlueTask("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment"), ("accuracy",),
                      official=Layout({"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"},
                                      markers=("index",))),
 }

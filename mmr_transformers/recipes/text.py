@@ -3,10 +3,17 @@ arguments, loading a sequence classifier (with the offline advice on failure), s
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass, field
 
 import datasets
+import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from mmr_transformers.heads import find_classifier
+
+logger = logging.getLogger(__name__)
 
 SUBSET_SEED = 42  # --max_*_samples draw the same subset for every run, whatever its --seed
 
@@ -27,7 +34,9 @@ class TextModelArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on a random subset of this size, at least 1."}
     )
-    hidden_dropout_prob: float | None = field(default=None, metadata={"help": "Override the model's dropout."})
+    hidden_dropout_prob: float | None = field(default=None, metadata={
+        "help": "Override the model's hidden dropout (BERT's hidden_dropout_prob, DistilBERT's dropout, GPT-2's "
+                "resid_pdrop and embd_pdrop); only 0 for a model without one."})
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a checkpoint whose classifier has another number of labels (re-initialised)."}
     )
@@ -40,15 +49,41 @@ def subset(dataset: datasets.Dataset, size: int | None) -> datasets.Dataset:
     return dataset.shuffle(seed=SUBSET_SEED).select(range(size))
 
 
-def load_sequence_classifier(args: TextModelArguments, offline_hint: str, **config_kwargs):
+# BERT's hidden_dropout_prob (embeddings and every sublayer's output) under each family's own name
+HIDDEN_DROPOUT_FIELDS = (("hidden_dropout_prob",), ("dropout",), ("resid_pdrop", "embd_pdrop"))  # BERT-like, DistilBERT, GPT-2
+
+
+def set_hidden_dropout(config, probability: float) -> None:
+    """``--hidden_dropout_prob`` on the config's own field for it; a model without hidden dropout (Llama, Qwen2,
+    ModernBERT) takes only 0, since another value would be recorded as applied and never used."""
+    for fields in HIDDEN_DROPOUT_FIELDS:
+        if all(hasattr(config, name) for name in fields):
+            for name in fields:
+                setattr(config, name, probability)
+            return
+    if probability != 0:
+        others = {k: v for k, v in config.to_dict().items() if "dropout" in k or "pdrop" in k}
+        raise SystemExit(f"--hidden_dropout_prob {probability}: a {type(config).__name__} has no hidden dropout to set "
+                         f"(its dropout settings: {others}), so the value would be ignored. Pass "
+                         "--hidden_dropout_prob 0 (glue_configs/ set 0.1, the thesis' BERT dropout), or use a model "
+                         "with hidden dropout.")
+
+
+def load_sequence_classifier(args: TextModelArguments, offline_hint: str, label_names: list[str] | None = None,
+                             **config_kwargs):
     """Tokenizer and ``AutoModelForSequenceClassification`` of ``--model_name_or_path`` (``config_kwargs`` such as
-    ``num_labels`` go to its config); a failure to fetch them says how to run offline (``offline_hint`` names the
-    script's local-data flags)."""
+    ``finetuning_task`` go to its config); a failure to fetch them says how to run offline (``offline_hint`` names the
+    script's local-data flags). ``label_names`` (class i's name at i) become the config's labels, and a checkpoint's
+    classifier trained on the same classes in another order is reordered to them (:func:`align_classifier_rows`)."""
     name = args.model_name_or_path
+    if label_names is not None:
+        config_kwargs |= {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                          "label2id": {label: i for i, label in enumerate(label_names)}}
     try:
+        checkpoint_labels = AutoConfig.from_pretrained(name, cache_dir=args.cache_dir).id2label
         config = AutoConfig.from_pretrained(name, cache_dir=args.cache_dir, **config_kwargs)
         if args.hidden_dropout_prob is not None:
-            config.hidden_dropout_prob = args.hidden_dropout_prob
+            set_hidden_dropout(config, args.hidden_dropout_prob)
         tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=args.cache_dir)
         model = AutoModelForSequenceClassification.from_pretrained(
             name, config=config, cache_dir=args.cache_dir, ignore_mismatched_sizes=args.ignore_mismatched_sizes,
@@ -59,17 +94,43 @@ def load_sequence_classifier(args: TextModelArguments, offline_hint: str, **conf
             f"Pass a local --model_name_or_path: a folder with config.json, the weights and the tokenizer files "
             f"(as save_pretrained writes them). Without a network, also set HF_HUB_OFFLINE=1 and {offline_hint}."
         ) from None
+    if label_names is not None and len(checkpoint_labels) == len(label_names) and not args.ignore_mismatched_sizes:
+        align_classifier_rows(model, [checkpoint_labels[i] for i in range(len(label_names))], label_names)
     return tokenizer, model
+
+
+def align_classifier_rows(model, checkpoint_names: list[str], names: list[str]) -> None:
+    """Row i of the classifier predicts ``names[i]``: a checkpoint trained on the same classes in another order
+    (e.g. ``roberta-large-mnli``: contradiction first) has its output rows permuted to it, so that its predictions
+    keep their meaning; a checkpoint with other named classes is fine-tuned to ``names`` with a warning."""
+    if all(re.fullmatch(r"LABEL_\d+", str(n)) for n in checkpoint_names):  # an unnamed (new or generic) head
+        return
+    lowered = [str(n).lower() for n in checkpoint_names]
+    if lowered == [str(n).lower() for n in names]:
+        return
+    if sorted(lowered) != sorted(str(n).lower() for n in names):
+        logger.warning("the checkpoint's classifier was trained for the classes %s; its rows now learn %s, in that "
+                       "order", checkpoint_names, names)
+        return
+    order = [lowered.index(str(n).lower()) for n in names]
+    linear = find_classifier(model).linear
+    with torch.no_grad():
+        linear.weight.copy_(linear.weight[order])
+        if linear.bias is not None:
+            linear.bias.copy_(linear.bias[order])
+    logger.info("the checkpoint's classifier orders its classes %s; its rows are reordered to %s", checkpoint_names,
+                names)
 
 
 def tokenize_splits(raw: datasets.DatasetDict, tokenizer, text_columns: list[str], args: TextModelArguments,
                     keep: tuple[str, ...] = ("label",)) -> datasets.DatasetDict:
     """Every split tokenized (one text or a pair, truncated to ``max_seq_length``), its other columns but ``keep``
-    removed."""
+    removed (each split's own: the files may have other extra columns)."""
 
     def tokenize(batch):
         return tokenizer(*[batch[column] for column in text_columns], truncation=True, max_length=args.max_seq_length,
                          padding="max_length" if args.pad_to_max_length else False)
 
-    removed = [column for column in next(iter(raw.values())).column_names if column not in keep]
-    return raw.map(tokenize, batched=True, remove_columns=removed)
+    return datasets.DatasetDict({
+        split: dataset.map(tokenize, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
+        for split, dataset in raw.items()})
