@@ -194,3 +194,22 @@ def test_cells_are_read_as_written_and_1_and_the_string_1_are_one_class(tmp_path
     encoded, names = run_classification.encode_labels(run_classification.read_files(args), "intent",
                                                       {"train": "train.csv", "validation": "dev.csv"})
     assert names == [2, 10] and encoded["validation"]["label"] == [0, 1]  # all integers: numeric order
+
+
+def test_a_resume_with_other_data_or_seeds_is_refused_by_name(files, model_dir, tmp_path):
+    data_dir, _ = files
+    out = tmp_path / "out"
+    run = argv(data_dir, model_dir, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    first = run_classification.main(run)
+    checkpoint = str(out / "checkpoint-2")
+    saved = json.load(open(out / "checkpoint-2" / "script_settings.json"))
+    assert saved["data.train_file"] == str(data_dir / "train.csv") and saved["seed"] == 42
+    assert saved["labels"] == ["money", "travel", "weather"] and "data.max_eval_samples" not in saved
+    for extra, change in ((["--max_train_samples", "30"], "data.max_train_samples None -> 30"),
+                          (["--seed", "5"], "seed 42 -> 5"), (["--max_seq_length", "8"], "data.max_seq_length 16 -> 8")):
+        with pytest.raises(SystemExit, match=re.escape(f"resuming from {checkpoint} with other settings than the run "
+                                                       f"it was saved by: {change}.")):
+            run_classification.main([*run, *extra, "--resume_from_checkpoint", checkpoint])
+    # the same settings (an evaluation cap is not one of them) resume, and end where the uninterrupted run ended
+    resumed = run_classification.main([*run, "--max_eval_samples", "24", "--resume_from_checkpoint", checkpoint])
+    assert resumed["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-5)

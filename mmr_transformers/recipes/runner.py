@@ -8,7 +8,8 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 def accuracy(eval_prediction) -> dict[str, float]:
@@ -49,11 +50,58 @@ def parse_layered(parser: HfArgumentParser, layers: list[tuple[str, dict[str, An
     return tuple(parsed)
 
 
+SCRIPT_SETTINGS = "script_settings.json"  # in each checkpoint: what the script trained with
+UNCHECKED_ON_RESUME = ("cache_dir", "max_eval_samples")  # the training run does not depend on them
+
+
+def flat_settings(run_config: dict[str, Any], args) -> dict[str, Any]:
+    """The script's settings (``run_config``'s dataclasses field by field) and the seeds, as ``{"data.x": value}``."""
+    flat = {"seed": args.seed, "data_seed": args.data_seed}
+    for key, value in run_config.items():
+        fields = asdict(value) if hasattr(value, "__dataclass_fields__") else {"": value}
+        flat |= {f"{key}.{name}".rstrip("."): v for name, v in fields.items() if name not in UNCHECKED_ON_RESUME}
+    return json.loads(json.dumps(flat))  # as a checkpoint's file reads back (tuples as lists)
+
+
+class SaveScriptSettings(TrainerCallback):
+    """Writes :func:`flat_settings` into every checkpoint, so that a resume can be checked against them."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            with open(os.path.join(folder, SCRIPT_SETTINGS), "w") as f:
+                json.dump(self.settings, f, indent=1)
+
+
+def check_resume(checkpoint: str, settings: dict[str, Any]) -> None:
+    """A resumed run must train as the interrupted one did: on the same data, subsets, lengths and seeds (the
+    trainer checks its own selection settings)."""
+    path = os.path.join(checkpoint, SCRIPT_SETTINGS)
+    if not os.path.isfile(path):
+        return  # not written by these scripts
+    with open(path) as f:
+        saved = json.load(f)
+    changed = [key for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)]
+    if changed:
+        raise SystemExit(f"resuming from {checkpoint} with other settings than the run it was saved by: "
+                         + ", ".join(f"{key} {saved.get(key)!r} -> {settings.get(key)!r}" for key in changed)
+                         + ". The rest of the run would train on other data or in another order than the interrupted "
+                         "one. Resume with the saved values, or start a new run (another --output_dir).")
+
+
 def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[str, Any]) -> dict[str, float]:
-    """Train (resuming when asked), save the model and state, evaluate each ``{prefix: dataset}`` and write
-    ``train_results.json``, ``<prefix>_results.json``, ``all_results.json`` and ``run_config.json``; then leave the
-    process group, as the run is over."""
+    """Train (resuming when asked, after :func:`check_resume`), save the model and state, evaluate each
+    ``{prefix: dataset}`` and write ``train_results.json``, ``<prefix>_results.json``, ``all_results.json`` and
+    ``run_config.json``; then leave the process group, as the run is over. Every checkpoint holds the script's
+    settings (:class:`SaveScriptSettings`)."""
     args = trainer.args
+    settings = flat_settings(run_config, args)
+    if args.resume_from_checkpoint:
+        check_resume(args.resume_from_checkpoint, settings)
+    trainer.add_callback(SaveScriptSettings(settings))
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     results = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
