@@ -601,3 +601,15 @@ def test_the_image_loop_refuses_a_folder_without_splits_and_text_without_an_enco
         run_active_learning.main(["--data_dir", data_dir, "--output_dir", str(tmp_path / "al")])
     assert "text data needs --model_name_or_path (a local pretrained encoder); for a folder of images add --images" \
         in capsys.readouterr().err and not trained
+
+
+def test_the_embedding_cache_key_changes_with_the_tokenizer_files_too(tmp_path):
+    from mmr_transformers.recipes.frozen_probe import cache_key
+
+    for name, text in (("config.json", "{}"), ("model.safetensors", "w"), ("vocab.txt", "a\nb"), ("README.md", "x")):
+        (tmp_path / name).write_text(text)
+    key = cache_key(str(tmp_path), {"train": ["a b"]}, 8)["model_sha256"]
+    (tmp_path / "README.md").write_text("y")  # not read by the encoder: the same key
+    assert cache_key(str(tmp_path), {"train": ["a b"]}, 8)["model_sha256"] == key
+    (tmp_path / "vocab.txt").write_text("a\nc")  # another tokenizer embeds other token ids
+    assert cache_key(str(tmp_path), {"train": ["a b"]}, 8)["model_sha256"] != key

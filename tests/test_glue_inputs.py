@@ -241,3 +241,19 @@ def test_hidden_dropout_reaches_each_familys_own_dropout_or_is_refused_where_the
     with pytest.raises(SystemExit, match=r"--hidden_dropout_prob 0.1: a LlamaConfig has no hidden dropout to set "
                                          r"\(its dropout settings: \{'attention_dropout': 0.0\}\)"):
         set_hidden_dropout(config, 0.1)
+
+
+def test_a_max_length_beyond_the_models_positions_is_refused(tmp_path):
+    import transformers
+    from builders import save_tiny_checkpoint
+    from mmr_transformers.recipes.text import TextModelArguments, load_sequence_classifier
+
+    path = save_tiny_checkpoint(tmp_path, ["a", "b"])  # 64 positions, a tokenizer without a stated maximum
+    tokenizer, _ = load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=64), "-")
+    long_text = " ".join(["a"] * 80)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(path)
+    with pytest.raises(RuntimeError, match="must match the size"):  # what training would meet at the first long text
+        model(**tokenizer(long_text, truncation=True, max_length=65, return_tensors="pt"))
+    with pytest.raises(SystemExit, match=r"--max_seq_length 65: the model takes at most 64 tokens \(its config's "
+                                         r"max_position_embeddings 64\)"):
+        load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=65), "-")

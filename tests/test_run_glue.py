@@ -364,13 +364,13 @@ def test_a_checkpoint_trained_on_the_tasks_classes_in_another_order_keeps_its_pr
     before = original(**inputs).logits[0]
     mnli = list(get_task("mnli").labels)
     with caplog.at_level(logging.INFO):
-        _, model = load_sequence_classifier(TextModelArguments(model_name_or_path=path), "-", mnli)
+        _, model = load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=16), "-", mnli)
     after = model.eval()(**inputs).logits[0]
     # class i of the task is the checkpoint's row of the same name: entailment was its row 2
     assert torch.equal(after, before[[2, 1, 0]]) and not torch.equal(after, before)
     assert model.config.id2label == dict(enumerate(mnli)) and "rows are reordered to" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # other classes: nothing to align, said, and the task's names saved
-        _, model = load_sequence_classifier(TextModelArguments(model_name_or_path=path), "-", ["a", "b", "c"])
+        _, model = load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=16), "-", ["a", "b", "c"])
     assert torch.equal(model.eval()(**inputs).logits[0], before) and model.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert "was trained for the classes ['CONTRADICTION', 'NEUTRAL', 'ENTAILMENT']; its rows now learn" in caplog.text

@@ -41,12 +41,12 @@ def sentence_embeddings(model: nn.Module, tokenizer, texts: list[str], max_lengt
 
 
 def cache_key(model_path: str, texts: dict[str, list[str]], max_length: int) -> dict:
-    """What the embeddings depend on: the encoder (its folder and a hash of its config and weight files), a hash
-    of each split's texts in order, the truncation length and the pooling."""
+    """What the embeddings depend on: the encoder (its folder and a hash of its config, tokenizer and weight
+    files), a hash of each split's texts in order, the truncation length and the pooling."""
     digest = hashlib.sha256()
     folder = os.path.realpath(model_path)
     for name in sorted(os.listdir(folder)):
-        if name == "config.json" or name.endswith((".safetensors", ".bin")):
+        if name.endswith((".json", ".txt", ".model", ".safetensors", ".bin")):  # tokenizer: vocab, merges, spm
             with open(os.path.join(folder, name), "rb") as f:
                 digest.update(name.encode() + hashlib.sha256(f.read()).digest())
     return {"model": folder, "model_sha256": digest.hexdigest(), "max_length": max_length,

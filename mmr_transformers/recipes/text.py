@@ -94,9 +94,21 @@ def load_sequence_classifier(args: TextModelArguments, offline_hint: str, label_
             f"Pass a local --model_name_or_path: a folder with config.json, the weights and the tokenizer files "
             f"(as save_pretrained writes them). Without a network, also set HF_HUB_OFFLINE=1 and {offline_hint}."
         ) from None
+    check_max_length(args.max_seq_length, tokenizer, config)
     if label_names is not None and len(checkpoint_labels) == len(label_names) and not args.ignore_mismatched_sizes:
         align_classifier_rows(model, [checkpoint_labels[i] for i in range(len(label_names))], label_names)
     return tokenizer, model
+
+
+def check_max_length(max_seq_length: int, tokenizer, config) -> None:
+    """Inputs of ``max_seq_length`` tokens must fit the model's position embeddings (and its tokenizer's stated
+    maximum): a longer batch would stop training with a shape error, and only when a long text came up."""
+    limits = {"its tokenizer's model_max_length": tokenizer.model_max_length,
+              "its config's max_position_embeddings": getattr(config, "max_position_embeddings", None)}
+    limits = {what: n for what, n in limits.items() if isinstance(n, int) and n < 1_000_000}  # unset: a huge int
+    if limits and max_seq_length > min(limits.values()):
+        raise SystemExit(f"--max_seq_length {max_seq_length}: the model takes at most {min(limits.values())} tokens "
+                         f"({', '.join(f'{what} {n}' for what, n in limits.items())}). Lower --max_seq_length.")
 
 
 def align_classifier_rows(model, checkpoint_names: list[str], names: list[str]) -> None:
