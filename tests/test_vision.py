@@ -354,3 +354,11 @@ def test_image_scale_scores_the_candidates_downscaled_and_trains_them_whole(outp
         candidates = data.images[8 * step: 8 * step + 8]
         torch.testing.assert_close(images, shorten_for_scoring({"pixel_values": candidates}, image_scale=0.5)["pixel_values"])
         torch.testing.assert_close(batch, candidates[sorted(keep)])
+
+
+def test_image_flags_a_dataset_would_ignore_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"download: only CIFAR-10/100 are downloaded \(by torchvision\); dataset "
+                                         r"'imagefolder' would ignore it"):
+        load_image_datasets("imagefolder", str(tmp_path), download=True)
+    with pytest.raises(ValueError, match=r"dataset 'digits' is scikit-learn's, built in, so --data_dir would be ignored"):
+        load_image_datasets("digits", str(tmp_path))

@@ -104,7 +104,13 @@ def _imagefolder(data_dir: str, train: bool):
 
 
 def _source(dataset: str, data_dir: str | None, train: bool, download: bool):
+    if download and dataset not in ("cifar10", "cifar100"):
+        raise ValueError(f"download: only CIFAR-10/100 are downloaded (by torchvision); dataset {dataset!r} would "
+                         "ignore it. Drop --download.")
     if dataset == "digits":
+        if data_dir:
+            raise ValueError("dataset 'digits' is scikit-learn's, built in, so --data_dir would be ignored. Drop it, "
+                             "or use dataset 'imagefolder' for images in a folder.")
         return _Digits(train)
     if dataset == "imagefolder":
         if not data_dir:
