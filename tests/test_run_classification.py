@@ -211,5 +211,7 @@ def test_a_resume_with_other_data_or_seeds_is_refused_by_name(files, model_dir, 
                                                        f"it was saved by: {change}.")):
             run_classification.main([*run, *extra, "--resume_from_checkpoint", checkpoint])
     # the same settings (an evaluation cap is not one of them) resume, and end where the uninterrupted run ended
+    json.dump({**first, "eval_mm_accuracy": 0.5}, open(out / "all_results.json", "w"))  # as an older run left it
     resumed = run_classification.main([*run, "--max_eval_samples", "24", "--resume_from_checkpoint", checkpoint])
     assert resumed["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-5)
+    assert json.load(open(out / "all_results.json")) == resumed  # this run's results alone

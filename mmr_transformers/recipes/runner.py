@@ -106,13 +106,14 @@ def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[
     trainer.save_model()
     results = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
     trainer.log_metrics("train", results)
-    trainer.save_metrics("train", results)
+    trainer.save_metrics("train", results, combined=False)
     trainer.save_state()
     for prefix, dataset in eval_datasets.items():
         metrics = {**trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix), f"{prefix}_samples": len(dataset)}
         trainer.log_metrics(prefix, metrics)
-        trainer.save_metrics(prefix, metrics)  # merged into all_results.json as well
+        trainer.save_metrics(prefix, metrics, combined=False)
         results.update(metrics)
+    trainer.save_metrics("all", results, combined=False)  # this run's alone: not merged into an older run's file
     if trainer.is_world_process_zero():
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
             json.dump({**{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in run_config.items()},
