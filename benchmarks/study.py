@@ -174,7 +174,7 @@ def main():
     parser.add_argument("--results", default=os.path.join(REPO, "docs", "results"))
     parser.add_argument("--work_dir", default=os.path.join(REPO, "runs", "study"))
     parser.add_argument("--only", nargs="*", help="run only these tasks")
-    parser.add_argument("--seeds", nargs="*", type=int, help="run only these seeds (e.g. a study continued on another "
+    parser.add_argument("--seeds", nargs="+", type=int, help="run only these seeds (e.g. a study continued on another "
                         "machine: every arm of a seed runs on one machine, so its pairs compare the arms alone)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (a GPU has room for several)")
     parser.add_argument("--stop_starting_after", type=float, help="start no run after this many seconds")

@@ -111,9 +111,9 @@ def encode_labels(raw: datasets.DatasetDict, column: str, files: dict[str, str])
         raise SystemExit(f"{files['validation']}: labels {unseen[:5]}{' ...' if len(unseen) > 5 else ''} never occur "
                          f"in {files['train']}, so the model has no class for them.")
     index = {name: i for i, name in enumerate(names)}
-    encoded = datasets.DatasetDict({
-        split: dataset.remove_columns(column).add_column("label", [index[v] for v in values[split]])
-        for split, dataset in raw.items()})
+    encoded = datasets.DatasetDict({  # the file's own 'label' column, if another column holds the labels, is replaced
+        split: dataset.remove_columns(sorted({column, "label"} & set(dataset.column_names)))
+        .add_column("label", [index[v] for v in values[split]]) for split, dataset in raw.items()})
     return encoded, names
 
 

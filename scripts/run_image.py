@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTraini
     pre.add_argument("--regime")
     pre.add_argument("--regime_scale", "--regime-scale", type=float)
     pre.add_argument("--gradient_accumulation_steps", "--gradient-accumulation-steps", type=int, default=1)
+    pre.add_argument("--per_device_train_batch_size", "--per-device-train-batch-size", type=int)
     for flag in ("--mmr_alpha", "--mmr_alpha_end", *REGIME_SCHEDULE_FLAGS):
         pre.add_argument(flag, flag.replace("_", "-"))  # HfArgumentParser takes both spellings
     known, _ = pre.parse_known_args(argv)
@@ -90,15 +91,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, MMRTraini
             raise SystemExit(f"{', '.join(given)}: a regime brings its own optimizer and learning-rate drops "
                              f"({regime.name}: SGD, ×{regime.factor:g} at steps {list(regime.milestones)}), so these "
                              "would be ignored. Drop them, or drop --regime and set the schedule yourself.")
-        shares = launched_processes() * known.gradient_accumulation_steps  # micro-batches of one optimizer step
-        if regime.batch_size % shares:
-            raise SystemExit(f"regime {regime.name} counts its steps in batches of {regime.batch_size}, which "
-                             f"{launched_processes()} process(es) × {known.gradient_accumulation_steps} accumulated "
-                             f"micro-batches cannot share evenly; make their product a divisor of {regime.batch_size}, "
-                             "or set --per_device_train_batch_size yourself (the epochs then differ).")
         settings = {"learning_rate": regime.learning_rate, "weight_decay": regime.weight_decay,
-                    "max_grad_norm": regime.max_grad_norm, "max_steps": regime.total_steps,
-                    "per_device_train_batch_size": regime.batch_size // shares}
+                    "max_grad_norm": regime.max_grad_norm, "max_steps": regime.total_steps}
+        shares = launched_processes() * known.gradient_accumulation_steps  # micro-batches of one optimizer step
+        if known.per_device_train_batch_size is None:  # given, it wins (the regime's epochs then differ)
+            if regime.batch_size % shares:
+                raise SystemExit(f"regime {regime.name} counts its steps in batches of {regime.batch_size}, which "
+                                 f"{launched_processes()} process(es) × {known.gradient_accumulation_steps} accumulated "
+                                 f"micro-batches cannot share evenly; make their product a divisor of "
+                                 f"{regime.batch_size}, or set --per_device_train_batch_size yourself (the epochs then "
+                                 "differ).")
+            settings["per_device_train_batch_size"] = regime.batch_size // shares
         if known.mmr_alpha is None or known.mmr_alpha_end is not None:  # a lone --mmr_alpha replaces the ramp
             settings |= {"mmr_alpha": regime.mmr_alpha, "mmr_alpha_end": regime.mmr_alpha_end,
                          "mmr_alpha_schedule": "linear" if regime.mmr_alpha_end else "constant"}

@@ -98,9 +98,9 @@ def test_aliases_and_capitalised_names_use_the_tasks_settings_file(task, alpha, 
     glue_args, training = run_glue.parse_args(["--task", task, "--output_dir", str(tmp_path), "--use_cpu"])
     assert glue_args.task == task
     assert training.mmr_alpha == alpha
-    # values of glue_configs/*.json, not the defaults (lr 5e-5, eval batch 8, the model's own dropout)
+    # values of glue_configs/*.json, not the defaults (lr 5e-5, eval batch 8)
     assert (training.learning_rate, training.per_device_eval_batch_size, training.num_train_epochs) == (2e-5, 128, 3)
-    assert glue_args.hidden_dropout_prob == 0.1
+    assert glue_args.hidden_dropout_prob is None  # the model's own (BERT's 0.1 is the thesis' dropout)
 
 
 def test_an_unknown_task_is_refused_by_the_choices(capsys, tmp_path):
@@ -238,9 +238,12 @@ def test_hidden_dropout_reaches_each_familys_own_dropout_or_is_refused_where_the
         assert [module.p for module in modules(model)] == [0.37] * len(modules(model)), arch
     config = tiny_model("llama").config
     set_hidden_dropout(config, 0.0)  # it has none: 0 is what it does
-    with pytest.raises(SystemExit, match=r"--hidden_dropout_prob 0.1: a LlamaConfig has no hidden dropout to set "
-                                         r"\(its dropout settings: \{'attention_dropout': 0.0\}\)"):
+    with pytest.raises(SystemExit, match=r"--hidden_dropout_prob 0.1: a LlamaConfig has no field for BERT's hidden "
+                                         r"dropout \(its dropout settings: \{'attention_dropout': 0.0\}\)"):
         set_hidden_dropout(config, 0.1)
+    modern = transformers.ModernBertConfig(mlp_dropout=0.1)  # its hidden dropout split into its own fields
+    with pytest.raises(SystemExit, match=r"--hidden_dropout_prob 0.0: a ModernBertConfig has no field for BERT's"):
+        set_hidden_dropout(modern, 0.0)  # 0 would not be what it uses
 
 
 def test_a_max_length_beyond_the_models_positions_is_refused(tmp_path):
@@ -257,3 +260,14 @@ def test_a_max_length_beyond_the_models_positions_is_refused(tmp_path):
     with pytest.raises(SystemExit, match=r"--max_seq_length 65: the model takes at most 64 tokens \(its config's "
                                          r"max_position_embeddings 64\)"):
         load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=65), "-")
+
+
+def test_the_length_check_reads_no_limit_from_xlnets_unset_positions_or_deberta_v3s_relative_ones():
+    import transformers
+    from mmr_transformers.recipes.text import check_max_length
+
+    unbounded = type("Tokenizer", (), {"model_max_length": int(1e30)})()
+    check_max_length(4096, unbounded, transformers.XLNetConfig())  # max_position_embeddings -1: no table
+    check_max_length(1024, unbounded, transformers.DebertaV2Config(position_biased_input=False))
+    with pytest.raises(SystemExit, match="--max_seq_length 1024: the model takes at most 512 tokens"):
+        check_max_length(1024, unbounded, transformers.DebertaV2Config())  # DeBERTa-v2 adds absolute positions

@@ -190,10 +190,11 @@ def test_cells_are_read_as_written_and_1_and_the_string_1_are_one_class(tmp_path
     tokenized = tokenize_splits(encoded, AutoTokenizer.from_pretrained(model_dir), ["text"], args)
     assert tokenized["train"].column_names == tokenized["validation"].column_names  # each split drops its own extras
     assert set(tokenized["train"].column_names) == {"label", "input_ids", "token_type_ids", "attention_mask"}
-    write_csv(tmp_path / "train.csv", ["text", "intent"], [("my card", 2), ("the fee", 10)])
+    write_csv(tmp_path / "train.csv", ["text", "intent", "label"], [("my card", 2, "x"), ("the fee", 10, "y")])
     encoded, names = run_classification.encode_labels(run_classification.read_files(args), "intent",
                                                       {"train": "train.csv", "validation": "dev.csv"})
     assert names == [2, 10] and encoded["validation"]["label"] == [0, 1]  # all integers: numeric order
+    assert encoded["train"]["label"] == [0, 1]  # the file's own 'label' column gave way to --label_column_name's
 
 
 def test_a_resume_with_other_data_or_seeds_is_refused_by_name(files, model_dir, tmp_path):
@@ -210,8 +211,10 @@ def test_a_resume_with_other_data_or_seeds_is_refused_by_name(files, model_dir, 
         with pytest.raises(SystemExit, match=re.escape(f"resuming from {checkpoint} with other settings than the run "
                                                        f"it was saved by: {change}.")):
             run_classification.main([*run, *extra, "--resume_from_checkpoint", checkpoint])
-    # the same settings (an evaluation cap is not one of them) resume, and end where the uninterrupted run ended
+    # the same settings (an evaluation cap is not one of them, nor the spelling of a path) resume, and end where the
+    # uninterrupted run ended
     json.dump({**first, "eval_mm_accuracy": 0.5}, open(out / "all_results.json", "w"))  # as an older run left it
-    resumed = run_classification.main([*run, "--max_eval_samples", "24", "--resume_from_checkpoint", checkpoint])
+    respelled = [a.replace(str(data_dir), str(data_dir / ".." / data_dir.name)) for a in run]
+    resumed = run_classification.main([*respelled, "--max_eval_samples", "24", "--resume_from_checkpoint", checkpoint])
     assert resumed["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-5)
     assert json.load(open(out / "all_results.json")) == resumed  # this run's results alone

@@ -259,7 +259,8 @@ def test_mrpc_end_to_end_reports_the_saved_models_f1_and_accuracy_and_layers_its
     training = config["training"]
     assert (training["mmr_alpha"], training["learning_rate"], training["num_train_epochs"]) == (3e-4, 3e-5, 1)  # command line
     assert training["logging_strategy"] == "steps" and config["glue"]["max_seq_length"] == 32  # command line
-    assert config["glue"]["hidden_dropout_prob"] == file_settings["hidden_dropout_prob"] == 0.1  # from the file
+    assert training["per_device_eval_batch_size"] == file_settings["per_device_eval_batch_size"] == 128  # the file
+    assert config["glue"]["hidden_dropout_prob"] is None  # the files leave the model's own dropout (BERT: 0.1)
 
 
 def test_mnli_end_to_end_reports_matched_and_mismatched_accuracy_of_the_saved_model(tmp_path, model_dir):
@@ -369,6 +370,9 @@ def test_a_checkpoint_trained_on_the_tasks_classes_in_another_order_keeps_its_pr
     # class i of the task is the checkpoint's row of the same name: entailment was its row 2
     assert torch.equal(after, before[[2, 1, 0]]) and not torch.equal(after, before)
     assert model.config.id2label == dict(enumerate(mnli)) and "rows are reordered to" in caplog.text
+    _, model = load_sequence_classifier(  # a head of the same size is loaded as it is, so it is reordered too
+        TextModelArguments(model_name_or_path=path, max_seq_length=16, ignore_mismatched_sizes=True), "-", mnli)
+    assert torch.equal(model.eval()(**inputs).logits[0], before[[2, 1, 0]])
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # other classes: nothing to align, said, and the task's names saved
         _, model = load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=16), "-", ["a", "b", "c"])

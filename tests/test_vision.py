@@ -307,6 +307,8 @@ def test_a_regime_clips_no_gradients_and_counts_accumulated_micro_batches_in_its
         assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 4)  # 16 · 4 = the 64
     with pytest.raises(SystemExit, match=r"1 process\(es\) × 3 accumulated micro-batches cannot share evenly"):
         run_image.parse_args([*regime, "--gradient_accumulation_steps", "3"])
+    _, args = run_image.parse_args([*regime, "--gradient_accumulation_steps", "3", "--per-device-train-batch-size", "20"])
+    assert args.per_device_train_batch_size == 20  # the fix the refusal names works
 
 
 def test_a_regime_scale_without_a_regime_or_at_most_0_and_sample_caps_below_1_are_refused():

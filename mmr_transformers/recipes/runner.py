@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from transformers import HfArgumentParser, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 
 def accuracy(eval_prediction) -> dict[str, float]:
@@ -51,15 +51,19 @@ def parse_layered(parser: HfArgumentParser, layers: list[tuple[str, dict[str, An
 
 
 SCRIPT_SETTINGS = "script_settings.json"  # in each checkpoint: what the script trained with
-UNCHECKED_ON_RESUME = ("cache_dir", "max_eval_samples")  # the training run does not depend on them
+# what the rest of a training run does not depend on (evaluation, where files come from, the settings file whose
+# values are compared one by one)
+UNCHECKED_ON_RESUME = ("cache_dir", "max_eval_samples", "validation_file", "download", "config_file")
 
 
 def flat_settings(run_config: dict[str, Any], args) -> dict[str, Any]:
-    """The script's settings (``run_config``'s dataclasses field by field) and the seeds, as ``{"data.x": value}``."""
+    """The script's settings (``run_config``'s dataclasses field by field) and the seeds, as ``{"data.x": value}``;
+    a path that exists is compared as its real path (``./x`` and ``x`` are one file)."""
     flat = {"seed": args.seed, "data_seed": args.data_seed}
     for key, value in run_config.items():
         fields = asdict(value) if hasattr(value, "__dataclass_fields__") else {"": value}
-        flat |= {f"{key}.{name}".rstrip("."): v for name, v in fields.items() if name not in UNCHECKED_ON_RESUME}
+        flat |= {f"{key}.{name}".rstrip("."): os.path.realpath(v) if isinstance(v, str) and os.path.exists(v) else v
+                 for name, v in fields.items() if name not in UNCHECKED_ON_RESUME}
     return json.loads(json.dumps(flat))  # as a checkpoint's file reads back (tuples as lists)
 
 
@@ -71,7 +75,7 @@ class SaveScriptSettings(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(folder):
+        if args.should_save and os.path.isdir(folder):  # where the checkpoint was written (each node's, if so set)
             with open(os.path.join(folder, SCRIPT_SETTINGS), "w") as f:
                 json.dump(self.settings, f, indent=1)
 
@@ -99,10 +103,13 @@ def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[
     settings (:class:`SaveScriptSettings`)."""
     args = trainer.args
     settings = flat_settings(run_config, args)
-    if args.resume_from_checkpoint:
-        check_resume(args.resume_from_checkpoint, settings)
+    resume = args.resume_from_checkpoint
+    # (a settings layer can give True: the output folder's last checkpoint, as Trainer takes it)
+    checkpoint = get_last_checkpoint(args.output_dir) if resume is True else resume
+    if checkpoint:
+        check_resume(checkpoint, settings)
     trainer.add_callback(SaveScriptSettings(settings))
-    train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     results = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
     trainer.log_metrics("train", results)

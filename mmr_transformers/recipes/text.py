@@ -54,19 +54,19 @@ HIDDEN_DROPOUT_FIELDS = (("hidden_dropout_prob",), ("dropout",), ("resid_pdrop",
 
 
 def set_hidden_dropout(config, probability: float) -> None:
-    """``--hidden_dropout_prob`` on the config's own field for it; a model without hidden dropout (Llama, Qwen2,
-    ModernBERT) takes only 0, since another value would be recorded as applied and never used."""
+    """``--hidden_dropout_prob`` on the config's own field for it. A model without one (Llama and Qwen2 have no
+    hidden dropout; ModernBERT splits it into other fields) takes only 0, and only while its own dropouts are all 0:
+    another value would be recorded as applied and never used."""
     for fields in HIDDEN_DROPOUT_FIELDS:
         if all(hasattr(config, name) for name in fields):
             for name in fields:
                 setattr(config, name, probability)
             return
-    if probability != 0:
-        others = {k: v for k, v in config.to_dict().items() if "dropout" in k or "pdrop" in k}
-        raise SystemExit(f"--hidden_dropout_prob {probability}: a {type(config).__name__} has no hidden dropout to set "
-                         f"(its dropout settings: {others}), so the value would be ignored. Pass "
-                         "--hidden_dropout_prob 0 (glue_configs/ set 0.1, the thesis' BERT dropout), or use a model "
-                         "with hidden dropout.")
+    others = {k: v for k, v in config.to_dict().items() if ("dropout" in k or "pdrop" in k) and isinstance(v, float)}
+    if probability != 0 or any(others.values()):
+        raise SystemExit(f"--hidden_dropout_prob {probability}: a {type(config).__name__} has no field for BERT's hidden "
+                         f"dropout (its dropout settings: {others}), so the value would not be what the model uses. "
+                         "Leave the flag out (the model's own dropout applies), or set its own fields in its config.")
 
 
 def load_sequence_classifier(args: TextModelArguments, offline_hint: str, label_names: list[str] | None = None,
@@ -95,17 +95,20 @@ def load_sequence_classifier(args: TextModelArguments, offline_hint: str, label_
             f"(as save_pretrained writes them). Without a network, also set HF_HUB_OFFLINE=1 and {offline_hint}."
         ) from None
     check_max_length(args.max_seq_length, tokenizer, config)
-    if label_names is not None and len(checkpoint_labels) == len(label_names) and not args.ignore_mismatched_sizes:
+    if label_names is not None and len(checkpoint_labels) == len(label_names):  # a head of that size is loaded as is
         align_classifier_rows(model, [checkpoint_labels[i] for i in range(len(label_names))], label_names)
     return tokenizer, model
 
 
 def check_max_length(max_seq_length: int, tokenizer, config) -> None:
-    """Inputs of ``max_seq_length`` tokens must fit the model's position embeddings (and its tokenizer's stated
-    maximum): a longer batch would stop training with a shape error, and only when a long text came up."""
-    limits = {"its tokenizer's model_max_length": tokenizer.model_max_length,
-              "its config's max_position_embeddings": getattr(config, "max_position_embeddings", None)}
-    limits = {what: n for what, n in limits.items() if isinstance(n, int) and n < 1_000_000}  # unset: a huge int
+    """Inputs of ``max_seq_length`` tokens must fit the model's table of absolute positions and its tokenizer's
+    stated maximum: a longer batch would stop training with a shape error, and only when a long text came up. (A
+    RoBERTa-like table is 2 longer than its usable length; its Hub tokenizers state the usable one.)"""
+    limits = {"its tokenizer's model_max_length": tokenizer.model_max_length}
+    if getattr(config, "position_biased_input", True):  # DeBERTa-v3's relative positions have no table to overflow
+        limits["its config's max_position_embeddings"] = getattr(config, "max_position_embeddings", None)
+    # unset: a huge int (a tokenizer without a stated maximum) or -1 (XLNet)
+    limits = {what: n for what, n in limits.items() if isinstance(n, int) and 0 < n < 1_000_000}
     if limits and max_seq_length > min(limits.values()):
         raise SystemExit(f"--max_seq_length {max_seq_length}: the model takes at most {min(limits.values())} tokens "
                          f"({', '.join(f'{what} {n}' for what, n in limits.items())}). Lower --max_seq_length.")
