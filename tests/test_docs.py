@@ -21,7 +21,7 @@ TOP_FOLDERS = ("benchmarks", "scripts", "mmr_transformers", "docs", "glue_config
 
 # a path inside the repository: a top folder, then path characters; ``<name>`` stands for any one name
 # (``glue_configs/<task>.json``). Not preceded by a path character, so ``../shared/data/...`` is left out.
-REPO_PATH = re.compile(r"(?<![\w./<>-])((?:%s)/[\w./<>*-]*)" % "|".join(re.escape(f) for f in TOP_FOLDERS))
+REPO_PATH = re.compile(r"(?<![\w./<>-])((?:%s)/(?:[\w./<>*-]|\[[\w-]+\])*)" % "|".join(re.escape(f) for f in TOP_FOLDERS))
 # a markdown link or image target: ``[text](target)``, ``![alt](target)``
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 # a command that runs a file: ``python x.py``, ``python3 x.py``, ``bash x.sh``, ``accelerate launch [flags] x.py``
@@ -46,10 +46,10 @@ def text_of(name: str) -> str:
 
 
 def exists(path: str) -> bool:
-    """The path exists; ``*`` and a ``<name>`` part match any name (at least one must exist); ``folder/module.NAME``
+    """The path exists; ``*``, ``[0-3]`` and a ``<name>`` part match as a glob does (at least one must exist); ``folder/module.NAME``
     names ``NAME`` in ``folder/module.py``."""
     pattern = re.sub(r"<[^>]*>", "*", path)
-    if "*" in pattern:
+    if "*" in pattern or "[" in pattern:
         return bool(glob.glob(pattern))
     module, dot, attribute = path.rpartition(".")
     if not os.path.exists(path) and dot and attribute.isidentifier() and os.path.isfile(module + ".py"):
