@@ -64,13 +64,14 @@ def read_files(args: DataArguments) -> datasets.DatasetDict:
         options |= {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     raw = datasets.DatasetDict({split: datasets.load_dataset(FORMATS[extension], data_files=path, split="train", **options)
                                 for split, path in files.items()})  # one by one: the columns may differ
-    wanted = [*text_columns(args), args.label_column_name]
+    texts = text_columns(args)
+    wanted = [*texts, args.label_column_name]
     for split, dataset in raw.items():
         missing = [column for column in wanted if column not in dataset.column_names]
         if missing:
             raise SystemExit(f"{files[split]}: no column {missing}; its columns are {dataset.column_names}. Name the "
                              f"text with --text_column_names and the label with --label_column_name.")
-        for column in text_columns(args):
+        for column in texts:
             empty = [i for i, value in enumerate(dataset[column]) if not isinstance(value, str) or not value.strip()]
             if empty:
                 raise SystemExit(f"{files[split]}: {len(empty)} rows have no text in {column!r} (the first: "

@@ -56,12 +56,17 @@ SCRIPT_SETTINGS = "script_settings.json"  # in each checkpoint: what the script 
 UNCHECKED_ON_RESUME = ("cache_dir", "max_eval_samples", "validation_file", "download", "config_file")
 
 
+def as_plain(run_config: dict[str, Any]) -> dict[str, Any]:
+    """``run_config`` with its dataclasses (the scripts' argument groups) as dicts, as ``run_config.json`` holds it."""
+    return {key: asdict(value) if hasattr(value, "__dataclass_fields__") else value for key, value in run_config.items()}
+
+
 def flat_settings(run_config: dict[str, Any], args) -> dict[str, Any]:
     """The script's settings (``run_config``'s dataclasses field by field) and the seeds, as ``{"data.x": value}``;
     a path that exists is compared as its real path (``./x`` and ``x`` are one file)."""
     flat = {"seed": args.seed, "data_seed": args.data_seed}
-    for key, value in run_config.items():
-        fields = asdict(value) if hasattr(value, "__dataclass_fields__") else {"": value}
+    for key, value in as_plain(run_config).items():
+        fields = value if isinstance(value, dict) else {"": value}
         flat |= {f"{key}.{name}".rstrip("."): os.path.realpath(v) if isinstance(v, str) and os.path.exists(v) else v
                  for name, v in fields.items() if name not in UNCHECKED_ON_RESUME}
     return json.loads(json.dumps(flat))  # as a checkpoint's file reads back (tuples as lists)
@@ -123,8 +128,7 @@ def train_and_evaluate(trainer, eval_datasets: dict[str, Any], run_config: dict[
     trainer.save_metrics("all", results, combined=False)  # this run's alone: not merged into an older run's file
     if trainer.is_world_process_zero():
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
-            json.dump({**{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in run_config.items()},
-                       "training": args.to_dict()}, f, indent=2)
+            json.dump({**as_plain(run_config), "training": args.to_dict()}, f, indent=2)
     # leave the process group, as Accelerate asks of every script: without it, gloo aborted the exit of some
     # two-process test runs ("terminate called without an active exception") after all the work was written
     trainer.accelerator.wait_for_everyone()
