@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from builders import accelerate_launch, load_script
+from reference import brute_force_cross_entropy, brute_force_mms, brute_force_penalty
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, find_classifier
 from mmr_transformers.recipes.image_data import Cutout, load_image_datasets, subset_indices
 from mmr_transformers.recipes.regimes import REGIMES, get_regime
@@ -56,22 +57,67 @@ def test_resnet44_has_the_published_parameter_count():
     assert 0.26e6 < sum(p.numel() for p in CifarResNet(20, 10).parameters()) < 0.28e6  # 0.27M
 
 
+def brute_force_priority(selection, logits, weight, labels):
+    """What each strategy keeps the lowest of, in float64 row by row: the margin, minus the cross-entropy, minus the
+    softmax's entropy."""
+    if selection == "mms":
+        return brute_force_mms(logits, weight)
+    if selection == "loss":
+        return -brute_force_cross_entropy(logits, labels)
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # finite where p underflows to 0
+    return (np.exp(log_p) * log_p).sum(axis=1)
+
+
 @pytest.mark.parametrize("name, head", [("resnet20", "network.fc"), ("vgg16-bn", "network.classifier"),
                                         ("mobilenet_v2", "network.classifier.1")])
 @pytest.mark.parametrize("selection", ["none", "mms", "loss", "entropy", "random"])
-def test_each_model_trains_through_mmr_trainer_with_each_strategy(name, head, selection, output_dir):
+def test_each_model_trains_through_mmr_trainer_with_each_strategy(name, head, selection, output_dir, monkeypatch):
+    """Two steps of each model (BatchNorm everywhere, dropout before VGG's and MobileNet's heads) with each strategy:
+    a step trains the candidates kept, which are the lowest brute-force priorities of an eval-mode copy with the
+    step's weights (any 4 of the 8 for random; MobileNet's first eval-mode logits are ~1e-10, so its losses and
+    entropies tie), and the logged penalty is the brute-force R of the features and
+    logits that the head saw in the training forward."""
+    scored = recorded_scoring(monkeypatch)
+    data = RandomImages()
     torch.manual_seed(0)
     model = build_model(name, 4)
-    assert find_classifier(model).name == head
-    before = [p.detach().clone() for p in model.parameters()]
-    args = image_args(output_dir, mmr_alpha=1e-3, selection=selection, **({} if selection == "none" else {"selection_ratio": 2}))
-    trainer = MMRTrainer(model=model, args=args, train_dataset=RandomImages())
+    classifier = find_classifier(model)
+    assert classifier.name == head
+    trained, head_saw = [], []
+    model.register_forward_hook(lambda module, args, kwargs, output: trained.append(kwargs["pixel_values"].clone())
+                                if module.training else None, with_kwargs=True)
+    classifier.module.register_forward_hook(lambda module, args, output: head_saw.append(
+        (args[0].detach().clone(), output.detach().clone(), module.weight.detach().clone())) if module.training else None)
+    args = image_args(output_dir, mmr_alpha=1e-3, selection=selection, train_sampling_strategy="sequential",
+                      **({} if selection == "none" else {"selection_ratio": 2}))
+    trainer = MMRTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
-    logged = trainer.state.log_history[0]
-    assert logged["mmr/penalty"] > 0 and torch.isfinite(torch.tensor(logged["loss"]))
-    if selection != "none":
-        assert logged["mmr/samples_scored"] == 8 and logged["mmr/samples_trained"] == 4
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert len(trained) == len(head_saw) == 2 and len(scored) == (0 if selection == "none" else 2)
+    assert not torch.equal(head_saw[0][2], head_saw[1][2])
+    reference = build_model(name, 4)
+    for step, logged in enumerate(trainer.state.log_history[:2]):
+        if selection == "none":
+            rows = torch.arange(4 * step, 4 * step + 4)
+        else:
+            state, images, keep = scored[step]
+            candidates = torch.arange(8 * step, 8 * step + 8)
+            torch.testing.assert_close(images, data.images[candidates])
+            if selection != "random":
+                reference.load_state_dict(state)
+                with torch.no_grad():
+                    logits = reference.eval()(pixel_values=images).logits.numpy()
+                priority = brute_force_priority(selection, logits, find_classifier(reference).weight.detach().numpy(),
+                                                data.labels[candidates].numpy())
+                kept, passed_over = priority[keep], np.delete(priority, keep)  # up to float32 rounding:
+                assert kept.max() <= passed_over.min() + 1e-5 * np.abs(priority).max()  # MobileNet ties at init
+            assert logged["mmr/samples_scored"] == 8 and logged["mmr/samples_trained"] == 4 and len(set(keep)) == 4
+            rows = candidates[keep]
+        torch.testing.assert_close(trained[step], data.images[rows])
+        features, logits, weight = head_saw[step]
+        assert logged["mmr/penalty"] == pytest.approx(
+            brute_force_penalty(features.numpy(), logits.numpy(), data.labels[rows].numpy(), weight.numpy()), rel=1e-5)
 
 
 def test_wide_resnet_has_the_published_size_and_trains_a_selected_step(output_dir):
@@ -168,7 +214,6 @@ def recorded_scoring(monkeypatch) -> list:
 def test_a_batchnorm_model_keeps_the_lowest_margins_of_its_eval_mode_forward(output_dir, monkeypatch):
     """Scoring runs in eval mode, BatchNorm on its running statistics: each step keeps the candidates whose margins,
     by brute force on the logits of an eval-mode copy with that step's weights and statistics, are lowest."""
-    from reference import brute_force_mms
     scored = recorded_scoring(monkeypatch)
     torch.manual_seed(0)
     model = build_model("resnet20", 4)
