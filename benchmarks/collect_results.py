@@ -3,7 +3,8 @@
 against optimizer steps and against training wall time.
 
 Reads the JSON files ``benchmarks/study.py`` writes (``results``, ``timeline``) or plain ``run_glue.py``/``run_image.py``
-output folders (``all_results.json``, ``eval_timeline.json``, ``run_config.json``). With ``--reference ARM``, also
+output folders (``all_results.json``, ``eval_timeline.json``, ``run_config.json``; a folder named ``ARM-seedN`` is
+seed N of arm ARM, any other name an arm of its own). With ``--reference ARM``, also
 the time each arm took to reach that arm's mean final dev metric (``time_to_target``'s ``grid``: the first
 evaluation reaching it).
 
@@ -26,6 +27,7 @@ import argparse
 import glob
 import itertools
 import json
+import math
 import os
 import re
 import statistics
@@ -51,8 +53,8 @@ def load_runs(paths: list[str]) -> list[dict]:
                 raise SystemExit(f"{path}: its run_config.json names no task (run_glue.py's 'task' or run_image.py's "
                                  "'image.dataset'); collect study JSONs (benchmarks/study.py) instead")
             timeline_path = os.path.join(path, "eval_timeline.json")
-            loaded = [(path, {"run": os.path.basename(path.rstrip("/")), "task": task,
-                              "arm": os.path.basename(path.rstrip("/")),
+            name = os.path.basename(path.rstrip("/"))
+            loaded = [(path, {"run": name, "task": task, "arm": re.sub(r"-seed\d+$", "", name),
                               "results": json.load(open(os.path.join(path, "all_results.json"))),
                               "timeline": json.load(open(timeline_path)) if os.path.exists(timeline_path) else []})]
         else:
@@ -62,7 +64,16 @@ def load_runs(paths: list[str]) -> list[dict]:
             if key in sources:
                 raise SystemExit(f"run {run['run']!r} ({run['task']}, arm {run['arm']!r}) is in both {sources[key]} and "
                                  f"{source}: pass one of them (each seed's runs from one machine)")
-            sources[key] = source
+            seed = seed_in_name(run)
+            if seed is not None and (run["task"], run["arm"], seed) in sources:
+                raise SystemExit(f"{source} and {sources[run['task'], run['arm'], seed]} are both seed {seed} of "
+                                 f"{run['task']}'s arm {run['arm']!r}: a seed is one run of an arm; pass one of them")
+            for name in metric_names(run["task"]):
+                value = run["results"].get(name)
+                if not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise SystemExit(f"{source}: its {name} is {value!r}, not a number: a diverged or unfinished run "
+                                     "cannot enter a mean; rerun it or leave its file out")
+            sources[key] = sources[run["task"], run["arm"], seed] = source
             runs.append(run)
     refuse_seeds_from_two_machines(runs)
     return runs
@@ -228,6 +239,7 @@ def paired_differences(runs: list[dict], reference: str) -> str:
                     lines.append(f"| {arm} | {name.removeprefix('eval_')} | {len(d)} | - | - | - | - | - |")
                     continue
                 mean, sd = statistics.mean(d), statistics.stdev(d)
+                sd = 0.0 if sd <= 1e-9 * max(1.0, abs(mean)) else sd  # equal differences that rounding made unequal
                 half = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5
                 t_p = f"{stats.ttest_1samp(d, 0.0).pvalue:.3f}" if sd > 0 else ("1.000" if mean == 0 else "-")
                 lines.append(f"| {arm} | {name.removeprefix('eval_')} | {len(d)} | {mean:+.2f} | "
@@ -258,9 +270,15 @@ def geometry(runs: list[dict]) -> str:
         if not by_arm:
             continue
         shared = set.intersection(*(set(seeds) for seeds in by_arm.values()))
+        without = sorted({r["arm"] for r in runs if r["task"] == task} - set(by_arm))
+        note = f" Without diagnostics, so not in it: {', '.join(without)}." if without else ""
+        if not shared:
+            lines.append(f"\n**{task.upper()}**: no geometry table: no seed has margin diagnostics in every arm "
+                         f"({'; '.join(f'{arm}: {sorted(seeds)}' for arm, seeds in sorted(by_arm.items()))}).{note}")
+            continue
         by_arm = {arm: [seeds[s] for s in sorted(shared)] for arm, seeds in by_arm.items()}
         lines += [f"\n**{task.upper()}**: geometry at the last evaluation (mean over the {len(shared)} seeds every "
-                  "arm has)\n",
+                  f"arm has){note}\n",
                   "| arm | seeds | " + " | ".join(name for name, _ in GEOMETRY) + " |",
                   "|---|---|" + "---|" * len(GEOMETRY)]
         for arm, records in sorted(by_arm.items()):

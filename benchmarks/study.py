@@ -2,10 +2,10 @@
 """Run a study as resumable chunks: one ``run_glue.py``/``run_image.py`` process and one results JSON per run.
 
 A run whose results file exists is skipped, so the same command continues an interrupted study. Studies:
-``mmr-sweep`` (GLUE, MMR alpha, capped runs), ``mmr-full`` (RTE and MRPC at the thesis' length: full training
-sets, 3 epochs, 6 alpha arms, 5 paired seeds), ``mmr-banking77`` (the same arms on BANKING77's 77 intents),
-``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10), ``cifar-mmr`` (CIFAR-10, ResNet-20, 8,800 steps,
-the MMR ramp against none, 3 paired seeds). Runs use the GPU where there is one (the
+``mmr-sweep`` (GLUE, MMR alpha, capped runs), ``mmr-full`` (RTE and MRPC at the thesis' length, full training
+sets for 3 epochs, and SST-2's full training set for 1 epoch; 6 alpha arms, 5 paired seeds), ``mmr-banking77`` (the
+same arms on BANKING77's 77 intents), ``mms-vs-random`` (SST-2 selection), ``cifar-selection`` (CIFAR-10),
+``cifar-mmr`` (CIFAR-10, ResNet-20, 8,800 steps, the MMR ramp against none, 5 paired seeds). Runs use the GPU where there is one (the
 record names the device); ``--jobs`` runs several at a time there (never for timings).
 
     python benchmarks/study.py mmr-sweep --only rte

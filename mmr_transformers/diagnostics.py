@@ -28,13 +28,30 @@ LOWEST_SHARE = 0.1
 Gather = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
+def quantile_key(q: float) -> str:
+    """The record's key of quantile ``q``: ``0.05`` → ``"q5"``."""
+    return f"q{100 * q:g}"
+
+
+def epsilon_key(epsilon: float) -> str:
+    """The record's key of the share within ``epsilon`` of a boundary: ``0.1`` → ``"0.1"``."""
+    return f"{epsilon:g}"
+
+
 def check_diagnostics_options(epsilons: Iterable[float] = EPSILONS, quantiles: Iterable[float] = QUANTILES,
                               lowest_share: float = LOWEST_SHARE, return_margins: bool = False) -> None:
-    """Refuse options :func:`margin_diagnostics` cannot use (an unknown name is a ``TypeError``)."""
+    """Refuse options :func:`margin_diagnostics` cannot use (an unknown name is a ``TypeError``), and two quantiles or
+    epsilons that would share a key of the record (keys keep 6 significant digits)."""
+    quantiles, epsilons = list(quantiles), list(epsilons)
     if not all(0 <= q <= 1 for q in quantiles):
-        raise ValueError(f"quantiles must lie in [0, 1]; got {list(quantiles)}.")
+        raise ValueError(f"quantiles must lie in [0, 1]; got {quantiles}.")
     if not all(e >= 0 for e in epsilons):
-        raise ValueError(f"epsilons are distances to a boundary, so at least 0; got {list(epsilons)}.")
+        raise ValueError(f"epsilons are distances to a boundary, so at least 0; got {epsilons}.")
+    for name, values, key in (("quantiles", quantiles, quantile_key), ("epsilons", epsilons, epsilon_key)):
+        keys = [key(v) for v in values]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"{name} {values} give the record keys {keys}, some twice: one value would hide "
+                             "another; pass values that differ in their first 6 significant digits.")
     if not 0 < lowest_share <= 1:
         raise ValueError(f"lowest_share must lie in (0, 1]; got {lowest_share}.")
 
@@ -85,8 +102,8 @@ def margin_diagnostics(
         "num_samples": num_samples,
         "num_classes": num_classes,
         "margin_mean": margins.mean().item(),
-        "margin_quantiles": {f"q{100 * q:g}": value for q, value in zip(quantiles, values)},
-        "within_epsilon": {f"{e:g}": (margins <= e).double().mean().item() for e in epsilons},
+        "margin_quantiles": {quantile_key(q): value for q, value in zip(quantiles, values)},
+        "within_epsilon": {epsilon_key(e): (margins <= e).double().mean().item() for e in epsilons},
         "mean_margin_by_predicted_class": _class_means(margins, top1, num_classes),
         "lowest_share": lowest_share,
         "lowest_margin_pairs": _pair_counts(top1[lowest_rows], top2[lowest_rows]),

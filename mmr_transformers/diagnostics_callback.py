@@ -60,12 +60,16 @@ class MarginDiagnosticsCallback(TrainerCallback):
 
     def __init__(self, trainer: Trainer, eval_dataset: str | None = None, classifier_module: str | None = None,
                  **options: Any):
+        options |= {name: tuple(options[name]) for name in ("epsilons", "quantiles") if name in options}  # a generator, once checked, would be empty
         check_diagnostics_options(**options)
         if trainer.eval_dataset is None:
             raise ValueError("MarginDiagnosticsCallback diagnoses the evaluation set: give the trainer one.")
         if isinstance(trainer.eval_dataset, dict) and eval_dataset not in trainer.eval_dataset:
             raise ValueError(f"the trainer has several evaluation sets {sorted(trainer.eval_dataset)}: pass "
                              f"eval_dataset=<one of them> (got {eval_dataset!r}).")
+        if not isinstance(trainer.eval_dataset, dict) and eval_dataset is not None:
+            raise ValueError(f"eval_dataset={eval_dataset!r} names one of several evaluation sets, but the trainer has "
+                             "one (not a dict): leave eval_dataset out.")
         self.trainer, self.eval_dataset, self.options = trainer, eval_dataset, options
         self.classifier_module = classifier_module or getattr(trainer.args, "classifier_module", None)
         check_classification_head(trainer.model, find_classifier(trainer.model, self.classifier_module),

@@ -164,3 +164,43 @@ def test_a_study_continued_on_another_machine_pairs_within_each_seeds_machine(tm
         collect_results.load_runs([str(tmp_path / "gpu"), str(tmp_path / "cpu")])
     single = collect_results.table(collect_results.load_runs([str(tmp_path / "gpu")]))
     assert "several machines" not in single
+
+
+def test_a_nan_metric_a_seed_run_twice_and_equal_differences_rounded_apart(tmp_path):
+    import pytest
+
+    def save(run, name=None):
+        json.dump(run, open(tmp_path / f"{name or run['run']}.json", "w"))
+
+    save(record("rte", "alpha0", 0, eval_accuracy=float("nan")))
+    with pytest.raises(SystemExit, match=r"rte-alpha0-seed0.json: its eval_accuracy is nan, not a number: a diverged"):
+        collect_results.load_runs([str(tmp_path)])
+    save(record("rte", "alpha0", 0, eval_accuracy=0.5))
+    save({**record("rte", "alpha0", 0, eval_accuracy=0.6), "run": "rte-alpha0-rerun-seed0"})
+    with pytest.raises(SystemExit, match=r"are both seed 0 of rte's arm 'alpha0': a seed is one run of an arm"):
+        collect_results.load_runs([str(tmp_path)])
+    # one example of 872 ahead on every seed: differences equal, though rounding leaves them 6e-15 apart
+    base = [0.5, 0.61, 0.72, 0.83, 0.94]
+    runs = [record("sst2", "alpha0", s, eval_accuracy=a) for s, a in enumerate(base)]
+    runs += [record("sst2", "ahead", s, eval_accuracy=a + 8 / 872) for s, a in enumerate(base)]
+    assert statistics.stdev([100 * (a + 8 / 872 - a) for a in base]) > 0
+    assert "| ahead | accuracy | 5 | +0.92 | [+0.92, +0.92] | 5/5 | - | 0.062 |" in collect_results.paired_differences(
+        runs, "alpha0")
+
+
+def test_run_folders_named_arm_seed_pair_and_geometry_without_a_shared_seed_says_so(tmp_path):
+    for name, accuracy in (("alpha0-seed0", 0.50), ("alpha0-seed1", 0.60), ("ramp-seed0", 0.52), ("ramp-seed1", 0.63)):
+        os.makedirs(tmp_path / name)
+        json.dump({"eval_accuracy": accuracy}, open(tmp_path / name / "all_results.json", "w"))
+        json.dump({"image": {"dataset": "cifar10"}}, open(tmp_path / name / "run_config.json", "w"))
+    runs = collect_results.load_runs(sorted(str(p) for p in tmp_path.iterdir()))
+    assert "| alpha0 | 55.00 ± 7.07 | 2 (0, 1) |" in collect_results.table(runs)
+    assert "| ramp | accuracy | 2 | +2.50 |" in collect_results.paired_differences(runs, "alpha0")
+    diagnostics = {"margin_quantiles": {"q5": 0.1, "q50": 1.0}, "within_epsilon": {"0.1": 0.05},
+                   "feature_norm_max": 2.0, "feature_norm_sq_max": 4.0, "weight_gap_sq_mean": 0.5}
+    runs[0]["margin_diagnostics"], runs[3]["margin_diagnostics"] = [diagnostics], [diagnostics]
+    assert "**CIFAR10**: no geometry table: no seed has margin diagnostics in every arm (alpha0: [0]; ramp: [1])." \
+        in collect_results.geometry(runs)
+    del runs[3]["margin_diagnostics"]
+    assert "(mean over the 1 seeds every arm has) Without diagnostics, so not in it: ramp." in \
+        collect_results.geometry(runs)

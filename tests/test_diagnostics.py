@@ -137,6 +137,34 @@ def test_no_samples_or_an_empty_lowest_share_is_refused():
         margin_diagnostics(model, batches_of(token_dataset(8)), lowest_share=0)
 
 
+def test_options_that_would_share_a_record_key_are_refused():
+    batches = batches_of(token_dataset(8))
+    with pytest.raises(ValueError, match=r"quantiles \[0.5, 0.5000001\] give the record keys \['q50', 'q50'\], some "
+                                         r"twice: one value would hide another"):
+        margin_diagnostics(spread_model(), batches, quantiles=(0.5, 0.5000001))
+    with pytest.raises(ValueError, match=r"epsilons \[0.1, 0.1000001\] give the record keys \['0.1', '0.1'\]"):
+        margin_diagnostics(spread_model(), batches, epsilons=(0.1, 0.1000001))
+    assert set(margin_diagnostics(spread_model(), batches, quantiles=(0.5, 0.500001))["margin_quantiles"]) == {
+        "q50", "q50.0001"}
+
+
+def test_the_callback_takes_options_as_generators_and_refuses_a_set_name_for_a_single_set(tmp_path):
+    trainer = MMRTrainer(model=spread_model(), args=make_args(str(tmp_path)),
+                         eval_dataset=token_dataset(20, num_labels=NUM_CLASSES, seed=1))
+    with pytest.raises(ValueError, match=r"eval_dataset='dev' names one of several evaluation sets, but the trainer "
+                                         r"has one \(not a dict\): leave eval_dataset out"):
+        MarginDiagnosticsCallback(trainer, eval_dataset="dev")
+    callback = MarginDiagnosticsCallback(trainer, epsilons=(e for e in (0.05, 0.5)), quantiles=(q for q in (0.5,)))
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    callback.on_train_begin(trainer.args, state, control)
+    callback.on_evaluate(trainer.args, state, control)
+    margins = [s["margin"] for s in brute_force(trainer.model, batches_of(trainer.eval_dataset))]
+    (record,) = callback.records
+    assert record["within_epsilon"] == pytest.approx({"0.05": np.mean(np.array(margins) <= 0.05),
+                                                      "0.5": np.mean(np.array(margins) <= 0.5)})
+    assert record["margin_quantiles"] == pytest.approx({"q50": np.median(margins)}, rel=1e-5)
+
+
 def test_the_module_imports_without_transformers_and_the_callback_is_a_lazy_top_level_name():
     out = python("import sys\nimport mmr_transformers.diagnostics\n"
                  "print('transformers' in sys.modules)\n"
