@@ -26,6 +26,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -146,9 +147,12 @@ def seed_flag(script_and_flags: list[str]) -> int:
 
 def run_script(study: str, name: str, task: str, arm: str, script: str, flags: list[str], work_dir: str) -> dict:
     """Run ``scripts/<script> <flags>`` in its own process (offline, output in ``work_dir/<study>/<name>``) and
-    return its record: the command, wall seconds, final results, evaluation timeline and log history."""
+    return its record: the command, wall seconds, final results, evaluation timeline and log history. The output
+    folder is emptied first, so the record holds this process's files alone (an earlier attempt's
+    ``margin_diagnostics.json`` would otherwise join a run without ``--margin_diagnostics``)."""
     out = os.path.join(work_dir, study, name)
-    os.makedirs(out, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     command = [sys.executable, os.path.join(REPO, "scripts", script), "--output_dir", out, *flags]
     started = time.time()
     with open(os.path.join(out, "run.log"), "w") as log:

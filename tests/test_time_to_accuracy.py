@@ -144,6 +144,26 @@ def test_a_study_runs_each_planned_script_once_and_skips_what_exists(tmp_path, m
     assert record["arm"] == "mmr1e-3" and record["flags"][record["flags"].index("--seed") + 1] == "2"
 
 
+def test_a_study_run_records_its_own_files_not_an_earlier_attempts(tmp_path, monkeypatch):
+    out = tmp_path / "mmr-full" / "rte-alpha0-seed0"
+    os.makedirs(out)
+    (out / "margin_diagnostics.json").write_text("[{\"step\": 99}]")  # left by an attempt with other flags
+    commands = []
+
+    def script(command, **kwargs):  # what run_glue.py writes, without --margin_diagnostics
+        commands.append(command)
+        assert os.listdir(out) == ["run.log"]
+        (out / "all_results.json").write_text('{"eval_accuracy": 0.5}')
+        (out / "eval_timeline.json").write_text("[]")
+        (out / "trainer_state.json").write_text('{"log_history": []}')
+
+    monkeypatch.setattr(study.subprocess, "run", script)
+    record = study.run_script("mmr-full", "rte-alpha0-seed0", "rte", "alpha0", "run_glue.py", ["--seed", "0"],
+                              str(tmp_path))
+    assert "margin_diagnostics" not in record and record["results"] == {"eval_accuracy": 0.5}
+    assert commands[0][-4:] == ["--output_dir", str(out), "--seed", "0"]
+
+
 def write_sst2_runs(directory, runs: dict, step_seconds: dict):
     """One run JSON per (arm, seed) and budget, as ``run`` writes them: ``runs[(arm, seed)] = {budget: accuracy}``."""
     os.makedirs(directory / "sst2")
