@@ -1,8 +1,9 @@
 """Multi-Margin Regularization and Minimal-Margin-Score selection for Hugging Face Transformers.
 
-The core (margins, selection, schedules, heads, batching, scoring, the cached-score sampler, the settings)
-is plain PyTorch and imports without ``transformers``. The Hugging Face adapter (``MMRTrainer``,
-``MMRTrainingArguments``) is imported on first use of its name, so ``import mmr_transformers.margins``
+The core (margins, selection, schedules, heads, batching, scoring, the cached-score sampler, pruning, margin
+diagnostics, active learning, the settings) is plain PyTorch and imports without ``transformers``. The Hugging
+Face adapter (``MMRTrainer``, ``MMRTrainingArguments``, ``MarginDiagnosticsCallback``) is imported on first use of
+its name, so ``import mmr_transformers.margins``
 stays light. Recipes for the example scripts live in :mod:`mmr_transformers.recipes`.
 """
 

@@ -123,7 +123,8 @@ class MMRSettings:
                           "far from the live model (docs/PERFORMANCE.md), so the default refreshes every step."},
     )
     selection_scoring_max_length: int | None = field(
-        default=None, metadata={"help": "Score text candidates on their first N tokens only (default: all)."}
+        default=None, metadata={"help": "Score text candidates on N tokens only: the first N, or the last N where the tokenizer pads on the "
+                                    "left (default: all)."}
     )
     selection_scoring_image_scale: float | None = field(
         default=None,

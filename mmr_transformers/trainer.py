@@ -14,6 +14,7 @@ since the previous training log and averaged (counts: summed) over processes. Al
 - ``mmr/rank_agreement``: Spearman agreement of cheap and full-model scores (``selection_agreement_steps``).
 - ``mmr/scorer_refreshes``: builds and refreshes of the int8 scoring copy; ``mmr/cache_coverage``: share of
   samples with a cached score.
+- ``mmr/pruned_share``: with pruning, the share of the training samples the latest pass left out.
 """
 
 from __future__ import annotations
