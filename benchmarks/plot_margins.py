@@ -8,7 +8,7 @@
   lowest margins, as a heatmap (rows: top-1 class, columns: top-2 class).
 
 A run is a JSON file (the callback's, or a study record of ``benchmarks/study.py``, which embeds it) or a folder
-holding one, optionally named ``NAME=PATH`` (default name: the folder's)::
+holding one, optionally named ``NAME=PATH`` (default name: the run's folder, or a study record's run)::
 
     python benchmarks/plot_margins.py out/margin_diagnostics.json --out_dir plots
     python benchmarks/plot_margins.py mms=runs/mms random=runs/random --out_dir plots
@@ -25,17 +25,19 @@ FILE_NAME = "margin_diagnostics.json"
 
 
 def load_run(spec: str) -> tuple[str, list[dict]]:
-    """``(name, records)`` of ``NAME=PATH`` or ``PATH`` (a diagnostics file or the folder that holds it)."""
+    """``(name, records)`` of ``NAME=PATH`` or ``PATH`` (a diagnostics file or the folder that holds it, or a study
+    record); without ``NAME=``, the run's folder, or a study record's run name."""
     name, path = spec.split("=", 1) if "=" in spec and not os.path.exists(spec) else ("", spec)
     if os.path.isdir(path):
         path = os.path.join(path, FILE_NAME)
     with open(path) as f:
         records = json.load(f)
+    default = os.path.basename(os.path.dirname(os.path.abspath(path)))
     if isinstance(records, dict):  # a study record (benchmarks/study.py) carries the run's diagnostics
-        records = records.get("margin_diagnostics", [])
+        records, default = records.get("margin_diagnostics", []), records.get("run", default)
     if not records:
         raise SystemExit(f"{path} holds no evaluation records")
-    return name or os.path.basename(os.path.dirname(os.path.abspath(path))), records
+    return name or default, records
 
 
 def plot_quantiles(runs: list[tuple[str, list[dict]]], path: str) -> None:
@@ -103,7 +105,7 @@ def plot_pairs(runs: list[tuple[str, list[dict]]], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help=f"[NAME=]PATH: a {FILE_NAME} or the run folder holding it")
+    parser.add_argument("runs", nargs="+", help=f"[NAME=]PATH: a {FILE_NAME}, the run folder holding it, or a study record")
     parser.add_argument("--out_dir", default=".", help="folder for margin_quantiles.png and lowest_margin_pairs.png")
     args = parser.parse_args(argv)
     runs = [load_run(spec) for spec in args.runs]

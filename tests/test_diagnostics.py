@@ -272,6 +272,8 @@ def test_the_plot_command_reads_a_study_records_embedded_diagnostics(mmr_run, tm
     with open(tmp_path / "record.json", "w") as f:
         json.dump({"run": "x", "margin_diagnostics": records}, f)
     assert plot_margins.load_run(f"study={tmp_path / 'record.json'}") == ("study", records)
+    assert plot_margins.load_run(str(tmp_path / "record.json")) == ("x", records)  # the run's name, not the folder's
+    assert plot_margins.load_run(output_dir) == (os.path.basename(output_dir), records)
     with open(tmp_path / "empty.json", "w") as f:
         json.dump({"run": "y"}, f)
     with pytest.raises(SystemExit, match="holds no evaluation records"):
