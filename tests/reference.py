@@ -58,6 +58,22 @@ def brute_force_cross_entropy(logits, labels):
     return np.array(losses)
 
 
+def brute_force_selection_priority(strategy, logits, weight, labels):
+    """What selection strategy ``strategy`` keeps the lowest of, in float64 row by row: the margin (``mms``), minus
+    the cross-entropy (``loss``), minus the softmax's entropy (``entropy``; ``p·log p`` from the log-softmax, so a
+    probability that underflows to 0 adds 0)."""
+    logits, weight = (np.asarray(t, dtype=np.float64) for t in (logits, weight))
+    if strategy == "mms":
+        return brute_force_mms(logits, weight)
+    if strategy == "loss":
+        return -brute_force_cross_entropy(logits, labels)
+    out = []
+    for row in logits:
+        log_p = row - row.max() - np.log(np.exp(row - row.max()).sum())
+        out.append(float((np.exp(log_p) * log_p).sum()))
+    return np.array(out)
+
+
 def brute_force_penalty(features, logits, labels, weight):
     features, logits, weight = (np.asarray(t, dtype=np.float64) for t in (features, logits, weight))
     phi_max_sq = max(float(np.dot(f, f)) for f in features)

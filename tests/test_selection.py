@@ -13,7 +13,7 @@ from mmr_transformers.selection import (
 )
 from builders import make_args, tiny_model
 from mmr_transformers import CachedScoreBatchSampler, MMRTrainer
-from reference import brute_force_cross_entropy, brute_force_mms
+from reference import brute_force_selection_priority
 
 
 def candidates(seed=0, n=32, classes=4, dim=6):
@@ -24,25 +24,12 @@ def candidates(seed=0, n=32, classes=4, dim=6):
     return logits, weight, labels
 
 
-def brute_force_priority(strategy, logits, weight, labels):
-    logits, weight = logits.double().numpy(), weight.double().numpy()
-    if strategy == "mms":  # keep the smallest margin
-        return brute_force_mms(logits, weight)
-    if strategy == "loss":  # keep the largest cross-entropy
-        return -brute_force_cross_entropy(logits, labels)
-    out = []
-    for row in logits:  # entropy: keep the largest
-        p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
-        out.append(float((p * np.log(p)).sum()))
-    return np.array(out)
-
-
 @pytest.mark.parametrize("strategy", ["mms", "loss", "entropy"])
 @pytest.mark.parametrize("num_keep", [1, 8, 31])
 def test_keeps_the_lowest_priority_rows(strategy, num_keep):
     logits, weight, labels = candidates(seed=num_keep)
     keep = select_candidates(strategy, logits, weight, num_keep, labels)
-    expected = sorted(np.argsort(brute_force_priority(strategy, logits, weight, labels.tolist()))[:num_keep].tolist())
+    expected = sorted(np.argsort(brute_force_selection_priority(strategy, logits, weight, labels.tolist()))[:num_keep].tolist())
     assert keep.tolist() == expected
 
 

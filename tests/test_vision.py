@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from builders import accelerate_launch, load_script
-from reference import brute_force_cross_entropy, brute_force_mms, brute_force_penalty
+from reference import brute_force_mms, brute_force_penalty, brute_force_selection_priority
 from mmr_transformers import MMRTrainer, MMRTrainingArguments, find_classifier
 from mmr_transformers.recipes.image_data import Cutout, load_image_datasets, subset_indices
 from mmr_transformers.recipes.regimes import REGIMES, get_regime
@@ -57,19 +57,6 @@ def test_resnet44_has_the_published_parameter_count():
     assert 0.26e6 < sum(p.numel() for p in CifarResNet(20, 10).parameters()) < 0.28e6  # 0.27M
 
 
-def brute_force_priority(selection, logits, weight, labels):
-    """What each strategy keeps the lowest of, in float64 row by row: the margin, minus the cross-entropy, minus the
-    softmax's entropy."""
-    if selection == "mms":
-        return brute_force_mms(logits, weight)
-    if selection == "loss":
-        return -brute_force_cross_entropy(logits, labels)
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # finite where p underflows to 0
-    return (np.exp(log_p) * log_p).sum(axis=1)
-
-
 @pytest.mark.parametrize("name, head", [("resnet20", "network.fc"), ("vgg16-bn", "network.classifier"),
                                         ("mobilenet_v2", "network.classifier.1")])
 @pytest.mark.parametrize("selection", ["none", "mms", "loss", "entropy", "random"])
@@ -108,7 +95,7 @@ def test_each_model_trains_through_mmr_trainer_with_each_strategy(name, head, se
                 reference.load_state_dict(state)
                 with torch.no_grad():
                     logits = reference.eval()(pixel_values=images).logits.numpy()
-                priority = brute_force_priority(selection, logits, find_classifier(reference).weight.detach().numpy(),
+                priority = brute_force_selection_priority(selection, logits, find_classifier(reference).weight.detach().numpy(),
                                                 data.labels[candidates].numpy())
                 kept, passed_over = priority[keep], np.delete(priority, keep)  # up to float32 rounding:
                 assert kept.max() <= passed_over.min() + 1e-5 * np.abs(priority).max()  # MobileNet ties at init
