@@ -43,7 +43,7 @@ from common import time_to_target
 def load_runs(paths: list[str]) -> list[dict]:
     """The runs of ``paths``; the same run (task, arm, name) found twice, e.g. a study's CPU and GPU folders
     passed together, is refused rather than counted twice, and so is a seed whose arms ran on two machines."""
-    runs, sources = [], {}
+    runs, sources, seed_sources = [], {}, {}  # (task, arm, run) and (task, arm, seed) → the file that holds it
     for path in paths:
         files = sorted(glob.glob(os.path.join(path, "*.json"))) if os.path.isdir(path) else [path]
         if os.path.isdir(path) and os.path.exists(os.path.join(path, "all_results.json")):
@@ -65,15 +65,15 @@ def load_runs(paths: list[str]) -> list[dict]:
                 raise SystemExit(f"run {run['run']!r} ({run['task']}, arm {run['arm']!r}) is in both {sources[key]} and "
                                  f"{source}: pass one of them (each seed's runs from one machine)")
             seed = seed_in_name(run)
-            if seed is not None and (run["task"], run["arm"], seed) in sources:
-                raise SystemExit(f"{source} and {sources[run['task'], run['arm'], seed]} are both seed {seed} of "
+            if seed is not None and (run["task"], run["arm"], seed) in seed_sources:
+                raise SystemExit(f"{source} and {seed_sources[run['task'], run['arm'], seed]} are both seed {seed} of "
                                  f"{run['task']}'s arm {run['arm']!r}: a seed is one run of an arm; pass one of them")
             for name in metric_names(run["task"]):
                 value = run["results"].get(name)
                 if not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise SystemExit(f"{source}: its {name} is {value!r}, not a number: a diverged or unfinished run "
                                      "cannot enter a mean; rerun it or leave its file out")
-            sources[key] = sources[run["task"], run["arm"], seed] = source
+            sources[key] = seed_sources[run["task"], run["arm"], seed] = source
             runs.append(run)
     refuse_seeds_from_two_machines(runs)
     return runs

@@ -60,7 +60,8 @@ class MarginDiagnosticsCallback(TrainerCallback):
 
     def __init__(self, trainer: Trainer, eval_dataset: str | None = None, classifier_module: str | None = None,
                  **options: Any):
-        options |= {name: tuple(options[name]) for name in ("epsilons", "quantiles") if name in options}  # a generator, once checked, would be empty
+        # kept as tuples: a generator, once checked, would be empty at the first evaluation
+        options |= {name: tuple(options[name]) for name in ("epsilons", "quantiles") if name in options}
         check_diagnostics_options(**options)
         if trainer.eval_dataset is None:
             raise ValueError("MarginDiagnosticsCallback diagnoses the evaluation set: give the trainer one.")
