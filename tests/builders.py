@@ -74,11 +74,12 @@ def tiny_model(arch: str = "bert", num_labels: int = 3, seed: int = 0, dropout: 
     return getattr(transformers, model_name)(config)
 
 
-def save_tiny_checkpoint(path, words: list[str], num_labels: int = 3) -> str:
-    """A tiny random BERT classifier and a word-level tokenizer of ``words``, saved in ``path`` as a Hub checkpoint."""
+def save_tiny_checkpoint(path, words: list[str], num_labels: int = 3, arch: str = "bert") -> str:
+    """A tiny random classifier (BERT unless ``arch`` says) and a word-level tokenizer of ``words``, saved in ``path``
+    as a Hub checkpoint."""
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", *words]) + "\n")
     transformers.BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(path)  # transformers 5: vocab=
-    tiny_model("bert", num_labels=num_labels, initializer_range=0.5).save_pretrained(path)
+    tiny_model(arch, num_labels=num_labels, initializer_range=0.5).save_pretrained(path)
     return str(path)
 
 

@@ -262,6 +262,25 @@ def test_a_max_length_beyond_the_models_positions_is_refused(tmp_path):
         load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=65), "-")
 
 
+def test_a_roberta_like_table_holds_two_tokens_fewer_than_its_rows(tmp_path):
+    import transformers
+    from builders import save_tiny_checkpoint
+    from mmr_transformers.recipes.text import TextModelArguments, load_sequence_classifier
+
+    path = save_tiny_checkpoint(tmp_path, ["a", "b"], arch="roberta")  # 64 rows, padding_idx 1: tokens number from 2
+    tokenizer, _ = load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=62), "-")
+    assert tokenizer.model_max_length > 1_000_000  # no stated maximum: the table alone limits
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(path)
+    long_text = " ".join(["a"] * 80)
+    model(**tokenizer(long_text, truncation=True, max_length=62, return_tensors="pt"))  # 62 tokens fit
+    with pytest.raises(IndexError, match="index out of range"):  # what training would meet at the first long text
+        model(**tokenizer(long_text, truncation=True, max_length=63, return_tensors="pt"))
+    with pytest.raises(SystemExit, match=r"--max_seq_length 63: the model takes at most 62 tokens \(its config's "
+                                         r"max_position_embeddings 64 less the 2 positions its embeddings number "
+                                         r"before the first token, that is 62\)"):
+        load_sequence_classifier(TextModelArguments(model_name_or_path=path, max_seq_length=63), "-")
+
+
 def test_the_length_check_reads_no_limit_from_xlnets_unset_positions_or_deberta_v3s_relative_ones():
     import transformers
     from mmr_transformers.recipes.text import check_max_length

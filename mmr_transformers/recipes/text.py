@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 
 import datasets
@@ -94,19 +95,36 @@ def load_sequence_classifier(args: TextModelArguments, offline_hint: str, label_
             f"Pass a local --model_name_or_path: a folder with config.json, the weights and the tokenizer files "
             f"(as save_pretrained writes them). Without a network, also set HF_HUB_OFFLINE=1 and {offline_hint}."
         ) from None
-    check_max_length(args.max_seq_length, tokenizer, config)
+    check_max_length(args.max_seq_length, tokenizer, config, positions_before_first_token(model))
     if label_names is not None and len(checkpoint_labels) == len(label_names):  # a head of that size is loaded as is
         align_classifier_rows(model, [checkpoint_labels[i] for i in range(len(label_names))], label_names)
     return tokenizer, model
 
 
-def check_max_length(max_seq_length: int, tokenizer, config) -> None:
-    """Inputs of ``max_seq_length`` tokens must fit the model's table of absolute positions and its tokenizer's
-    stated maximum: a longer batch would stop training with a shape error, and only when a long text came up. (A
-    RoBERTa-like table is 2 longer than its usable length; its Hub tokenizers state the usable one.)"""
+def positions_before_first_token(model) -> int:
+    """Rows of the position table that no token can use: RoBERTa-like embeddings (fairseq's
+    ``create_position_ids_from_input_ids``: RoBERTa, XLM-R, CamemBERT, MPNet, ESM, ...) number the tokens from
+    ``padding_idx + 1``, so RoBERTa's 514 rows hold 512 tokens; BERT-like ones from 0."""
+    embeddings = getattr(model.base_model, "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    numbering = sys.modules.get(type(embeddings).__module__)
+    numbers_after_padding = hasattr(embeddings, "create_position_ids_from_input_ids") or hasattr(
+        numbering, "create_position_ids_from_input_ids")
+    return padding_idx + 1 if numbers_after_padding and isinstance(padding_idx, int) else 0
+
+
+def check_max_length(max_seq_length: int, tokenizer, config, reserved_positions: int = 0) -> None:
+    """Inputs of ``max_seq_length`` tokens must fit the model's table of absolute positions (less its
+    ``reserved_positions``, :func:`positions_before_first_token`) and its tokenizer's stated maximum: a longer batch
+    would stop training with an index or shape error, and only when a long text came up."""
     limits = {"its tokenizer's model_max_length": tokenizer.model_max_length}
     if getattr(config, "position_biased_input", True):  # DeBERTa-v3's relative positions have no table to overflow
-        limits["its config's max_position_embeddings"] = getattr(config, "max_position_embeddings", None)
+        table = getattr(config, "max_position_embeddings", None)
+        if reserved_positions and isinstance(table, int) and table > 0:
+            limits[f"its config's max_position_embeddings {table} less the {reserved_positions} positions its "
+                   "embeddings number before the first token, that is"] = table - reserved_positions
+        else:
+            limits["its config's max_position_embeddings"] = table
     # unset: a huge int (a tokenizer without a stated maximum) or -1 (XLNet)
     limits = {what: n for what, n in limits.items() if isinstance(n, int) and 0 < n < 1_000_000}
     if limits and max_seq_length > min(limits.values()):
