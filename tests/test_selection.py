@@ -29,7 +29,8 @@ def candidates(seed=0, n=32, classes=4, dim=6):
 def test_keeps_the_lowest_priority_rows(strategy, num_keep):
     logits, weight, labels = candidates(seed=num_keep)
     keep = select_candidates(strategy, logits, weight, num_keep, labels)
-    expected = sorted(np.argsort(brute_force_selection_priority(strategy, logits, weight, labels.tolist()))[:num_keep].tolist())
+    priority = brute_force_selection_priority(strategy, logits, weight, labels.tolist())
+    expected = sorted(np.argsort(priority)[:num_keep].tolist())
     assert keep.tolist() == expected
 
 

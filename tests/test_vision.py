@@ -95,8 +95,8 @@ def test_each_model_trains_through_mmr_trainer_with_each_strategy(name, head, se
                 reference.load_state_dict(state)
                 with torch.no_grad():
                     logits = reference.eval()(pixel_values=images).logits.numpy()
-                priority = brute_force_selection_priority(selection, logits, find_classifier(reference).weight.detach().numpy(),
-                                                data.labels[candidates].numpy())
+                weight = find_classifier(reference).weight.detach().numpy()
+                priority = brute_force_selection_priority(selection, logits, weight, data.labels[candidates].numpy())
                 kept, passed_over = priority[keep], np.delete(priority, keep)  # up to float32 rounding:
                 assert kept.max() <= passed_over.min() + 1e-5 * np.abs(priority).max()  # MobileNet ties at init
             assert logged["mmr/samples_scored"] == 8 and logged["mmr/samples_trained"] == 4 and len(set(keep)) == 4
